@@ -36,9 +36,11 @@ Run:      python rd_ppo.py --gamma 0.1 --env stateless
 Sweep:    wandb sweep benchmark/rd_ppo_sweep.yaml      (bool flags take --flag=True/False)
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: global_step), summary.json,
           learning_curve.png, rd_ppo.model (--save-model True)
-Runtime:  about 25-40 s for the default 500k steps on one CPU thread (see README, benchmark/).
-Result:   see README; in short, the module does not act as a useful memory on stateless
-          CartPole and blind guidance does not speed up CartPole at our settings.
+Runtime:  about 35-55 s of training for the default 500k steps on one CPU thread; CartPole
+          reaches a 20-episode mean of 475 after about 50k steps (about 4 s). See README.
+Result:   (5 seeds, README) on CartPole every setting solves the task and gamma does not order
+          the learning speed; on stateless CartPole every gamma plateaus at a return of about 46,
+          like plain PPO, so the RD state does not act as a usable memory.
 """
 
 import json
@@ -82,7 +84,7 @@ class Args:
     """environment steps of training, summed over the parallel envs"""
     learning_rate: float = 2.5e-3
     """Adam learning rate at the start (annealed linearly to 0 with --anneal-lr True)"""
-    num_envs: int = 8
+    num_envs: int = 16
     """parallel environments"""
     num_steps: int = 32
     """steps per environment per rollout (batch = num_envs * num_steps)"""

@@ -12,6 +12,7 @@ reached each threshold key (None counts as not reached).
 
 import argparse
 import json
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def main():
             idx = np.searchsorted(x, grid, side="right") - 1
             ys.append(np.where(idx >= 0, y[np.clip(idx, 0, None)] if len(y) else np.nan, np.nan))
         ys = np.array(ys, dtype=float)
-        mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
+        with warnings.catch_warnings():                       # grid points before any run's first episode
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
         label = ", ".join(f"{k}={v}" for k, v in key) + f" (n={len(members)})"
         ax.plot(grid, mean, label=label)
         ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
