@@ -36,8 +36,9 @@ Run:      python rd_ppo.py --gamma 0.1 --env stateless
 Sweep:    wandb sweep benchmark/rd_ppo_sweep.yaml      (bool flags take --flag=True/False)
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: global_step), summary.json,
           learning_curve.png, rd_ppo.model (--save-model True)
-Runtime:  about 35-55 s of training for the default 500k steps on one CPU thread; CartPole
-          reaches a 20-episode mean of 475 after about 50k steps (about 4 s). See README.
+Runtime:  CartPole reaches a 20-episode mean of 475 after about 50k steps, about 4 s of training
+          on one CPU thread (benchmark/rd_ppo_speed.sh); the full 500k steps at the measured
+          9-15k SPS is an estimated 33-55 s. See README.
 Result:   (5 seeds, README) on CartPole every setting solves the task and gamma does not order
           the learning speed; on stateless CartPole every gamma plateaus at a return of about 46,
           like plain PPO, so the RD state does not act as a usable memory.
