@@ -1,0 +1,1122 @@
+"""gist_meta.py: gist tokens as a semantic-space loss, learned in situ by second-order meta-gradients.
+
+Question (seed 004, METALEARN plans 2 and 3): can a language model learn from a loss it produces
+itself in a compressed "semantic" space, the space of gist tokens (Mu, Li & Goodman 2023), instead
+of token cross-entropy? And can the gist parameters that define that loss be learned in situ, by
+backpropagating the true validation CE through an inner update? The seed has no code for either
+plan; every numeric choice below is ours. Three stages, --stage a|b|c|all:
+
+A. Gist compression (the bottleneck). A sequence is [context c (Lc) | k gist tokens G | continuation
+   x (Lx)], k = --num-gist-tokens; G is one new vocabulary entry <gist> repeated k times, its
+   embedding row initialised to the mean of the other rows. Gist mask, as an additive float
+   (B, 1, T, T) mask (0 = may attend, finfo.min = may not) added to the attention scores:
+       allowed(q, j) = j <= q  AND  NOT (q >= Lc + k AND j < Lc)
+   i.e. causal everywhere, and nothing after the last gist sees the context: the continuation
+   reaches c only through the gist positions' activations. Controls, same sequence and positions:
+       full:  allowed = j <= q                              (no bottleneck; upper bound)
+       none:  allowed = j <= q AND NOT (q >= Lc AND j < Lc)  (nothing after c sees c; lower bound)
+   Loss: LM CE on the continuation (x_1 is predicted by the last gist position, x_i by x_{i-1}),
+   plus, with --a-context-loss True (default), ordinary LM CE on the context tokens, so that the
+   gist model stays a plain causal LM for stages B and C (Mu et al. score the output only). Report:
+   continuation CE on validation text for the three masks and the gist retention
+       R = (CE_none - CE_gist) / (CE_none - CE_full)       (1: gists keep everything, 0: nothing).
+B. Self-produced semantic loss (plan 2), starting from stage A's gist model f_theta. On a chunk
+   s = (s_0..s_L) the LM predicts s_1..s_L teacher-forced; its prediction is made differentiable as
+   soft embeddings  s^_i = softmax(logits_i / tau) @ E   (B, L, d)  (E: the encoding model's input
+   embedding matrix, <gist> excluded; tau = --soft-temperature). We chose soft embeddings over
+   REINFORCE: exact gradients, no variance, one extra matmul. The gist code of a span u is the
+   final-layer hidden state at k gist tokens appended to it, z(u) = H([u | G])[-k:]  (B, k, d).
+       L_B = mean_{b,k} (1 - cos(z_enc(s^), z_tgt(E_tgt[s_1..s_L])))
+   The ground-truth code comes from a target copy (--b-target frozen: copied at the start of B;
+   ema: theta_tgt <- d theta_tgt + (1-d) theta after each step, d = --b-ema). The prediction is
+   encoded by the live model (--b-pred-encoder online, JEPA-like) or by the target copy (target:
+   gradient reaches theta only through the predicted distribution). Report: validation CE after
+   --b-steps updates with L_B, with true CE, and with no update; collapse diagnostic = spread of
+   the unit-normalised gist codes across the batch, sqrt(sum_dims Var_batch(z/|z|)) in [0, 1].
+C. In-situ second-order learning of the gist (plan 3). Gist parameters phi = {k gist vectors
+   (init: stage A's <gist> row), optional projection P (d x d, init I, --gist-proj), optional
+   log-scale s (init 0, --learn-loss-scale)}:
+       L_gist(theta, phi; s) = e^s * mean_{b,k} (1 - cos(P z_phi(s^), P z_phi([s^ ; E[s_1..s_L]])))
+   (the gist of the model's own output against the gist of its own output followed by the truth;
+   bounded in [0, 2 e^s], so it cannot drift negative like the seed's scalar learned loss).
+       inner:  theta' = theta - alpha * grad_theta L_gist(theta, phi)     on a training chunk
+       outer:  L_out  = CE(theta'; validation chunk)     dL_out/dphi (and dL_out/dtheta with
+               --meta-theta True) through the inner step, torch.func.functional_call +
+               autograd.grad(create_graph=True); Adam on phi with --meta-lr.
+   --val-select next: the validation chunk is the one right after the training chunk; similar: the
+   bank chunk (--bank-size random training chunks, re-embedded every --bank-refresh steps) with the
+   highest cosine similarity of its gist code (--sim-repr gist) or mean-pooled hidden state (mean)
+   to the training chunk, chunks overlapping it excluded.
+   --first-order True: no double backward. The exact phi-gradient is -alpha * d/dphi (v . grad_theta
+   L_gist), v = grad CE(theta'); we take it by a forward difference (the DARTS approximation):
+       dL_out/dphi ~ -alpha (grad_phi L_gist(theta + eps v) - grad_phi L_gist(theta)) / eps,
+   eps = --fd-eps / |v|; theta (with --meta-theta) gets v itself (first-order MAML).
+   Report (on validation text never trained on): K = --eval-inner-steps SGD steps (lr alpha) on K
+   consecutive chunks with each update rule, then CE on the next chunk: learned L_gist, the fixed
+   gist loss (phi at its init), stage B's loss (frozen target = the start model), true CE, none.
+
+Model: a Llama-style causal LM built from a config with Hugging Face transformers (1.0M parameters
+at the defaults), or a local checkpoint (--model-name-or-path), always with eager attention, since
+SDPA has no double backward; one <gist> token is added to the vocabulary. Data: pydoc_data.topics
+by default (offline), or --text-path / --hf-dataset; byte tokenizer by default, or BPE / pretrained.
+
+Run:      python gist_meta.py                     (all stages)
+          python gist_meta.py --stage c --val-select similar --first-order True
+Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer/meta steps of all
+          stages in order, each row has "stage"), summary.json, stage_a.png, stage_b.png,
+          stage_c.png, tokenizer.json (BPE)
+Runtime:  defaults take ~10-15 min on one CPU thread (measured, README).
+Result:   see README ("gist_meta.py results"); measured at this tiny scale only.
+"""
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.func import functional_call
+
+
+@dataclass
+class Args:
+    # ---- infrastructure ----
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of the experiment; the run folder is runs/{exp_name}__{seed}__{unix time}"""
+    seed: int = 1
+    """seed of python, numpy and torch (init, data order)"""
+    torch_deterministic: bool = True
+    """set torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA if it is available (permission, not demand)"""
+    track: bool = False
+    """mirror every metric to Weights & Biases (works with WANDB_MODE=offline)"""
+    wandb_project_name: str = "metalearning"
+    """W&B project name"""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team); None uses the default"""
+
+    # ---- data, tokenizer, model (field names shared with self_critic_lm.py's copied blocks) ----
+    text_path: Optional[str] = None
+    """train on this UTF-8 text file instead of the default corpus (pydoc_data.topics)"""
+    hf_dataset: Optional[str] = None
+    """Hugging Face dataset NAME or NAME:CONFIG (split 'train', column 'text'); needs `datasets` and a local cache"""
+    val_fraction: float = 0.1
+    """last fraction of the text (in characters) held out for validation (every reported CE is on it)"""
+    tokenizer: str = "byte"
+    """byte (256 byte ids + <gist>), bpe (byte-level BPE trained on the train split), or a tokenizer.json / pretrained tokenizer folder"""
+    vocab_size: int = 512
+    """BPE vocabulary size including the special tokens (--tokenizer bpe only)"""
+    model_name_or_path: Optional[str] = None
+    """local pretrained causal LM folder (from_pretrained); None builds the Llama-style model below from scratch"""
+    n_embd: int = 128
+    """hidden size d of the from-scratch model (SwiGLU width 4d)"""
+    n_layer: int = 4
+    """transformer blocks of the from-scratch model"""
+    n_head: int = 4
+    """query heads of the from-scratch model"""
+    n_kv_head: int = 2
+    """key/value heads (grouped-query attention); must divide --n-head"""
+    torch_threads: int = 1
+    """torch CPU threads; on a shared 2-core machine one is fastest"""
+    stage: str = "all"
+    """a (gist compression), b (semantic loss), c (meta-learned gist loss) or all; b and c start from stage A's gist model and train it first"""
+
+    # ---- stage A: gist compression ----
+    num_gist_tokens: int = 4
+    """k: gist tokens between context and continuation"""
+    context_len: int = 64
+    """Lc: context tokens before the gists (also the chunk length of stage B)"""
+    cont_len: int = 16
+    """Lx: continuation tokens after the gists (the scored tokens)"""
+    a_modes: tuple[str, ...] = ("gist", "full", "none")
+    """attention masks to train in stage A, one model each from the same init (gist is always trained when b or c runs)"""
+    a_steps: int = 400
+    """AdamW steps per stage-A model"""
+    a_lr: float = 3e-3
+    """AdamW learning rate of stage A (cosine decay to 10%)"""
+    a_context_loss: bool = True
+    """also train plain LM CE on the context tokens (keeps the gist model a causal LM for B and C)"""
+    batch_size: int = 16
+    """sequences per step in stages A and B"""
+    weight_decay: float = 0.01
+    """AdamW weight decay (stages A and B)"""
+    max_grad_norm: float = 1.0
+    """global gradient-norm clip (stages A and B)"""
+    eval_every: int = 100
+    """evaluate validation CE every this many steps (stages A and B)"""
+    eval_batches: int = 8
+    """validation batches (of --batch-size sequences, fixed offsets) per evaluation"""
+
+    # ---- stage B: self-produced semantic loss ----
+    b_steps: int = 150
+    """N: updates of each stage-B run"""
+    b_lr: float = 1e-3
+    """AdamW learning rate of stage B (constant)"""
+    b_losses: tuple[str, ...] = ("gist", "ce", "none")
+    """stage-B runs from the same start model: gist (L_B), ce (true CE, upper bound), none (no update)"""
+    b_target: str = "frozen"
+    """ground-truth gist encoder: frozen (copy at the start of B) or ema"""
+    b_ema: float = 0.99
+    """d in theta_tgt <- d theta_tgt + (1-d) theta (--b-target ema)"""
+    b_pred_encoder: str = "online"
+    """encoder of the predicted continuation: online (live model, JEPA-like) or target (the target copy)"""
+    soft_temperature: float = 1.0
+    """tau in softmax(logits / tau) @ E for the soft predicted embeddings"""
+
+    # ---- stage C: in-situ second-order meta-learning of the gist ----
+    c_steps: int = 150
+    """meta steps"""
+    meta_lr: float = 3e-3
+    """Adam learning rate of phi (and theta with --meta-theta)"""
+    inner_lr: float = 0.3
+    """alpha: SGD learning rate of the inner step (and of the K evaluation steps)"""
+    c_chunk_len: int = 32
+    """L: tokens per training / validation chunk in stage C (the gist reads 2L + k positions)"""
+    meta_batch_size: int = 8
+    """chunks per meta step and per evaluation step"""
+    val_select: str = "next"
+    """outer-loss chunk: next (the chunk after the training chunk) or similar (most similar bank chunk)"""
+    sim_repr: str = "gist"
+    """similarity representation for --val-select similar: gist (mean gist code) or mean (mean-pooled last hidden state)"""
+    bank_size: int = 128
+    """candidate validation chunks for --val-select similar (random training-split chunks)"""
+    bank_refresh: int = 25
+    """re-embed the bank every this many meta steps"""
+    first_order: bool = False
+    """first-order approximation: forward-difference Hessian-vector product, no double backward"""
+    fd_eps: float = 0.01
+    """eps * |v| of the forward difference (--first-order True)"""
+    meta_theta: bool = False
+    """also meta-update the model weights theta with the outer gradient (MAML-style)"""
+    gist_proj: bool = True
+    """phi includes a d x d projection P (init identity) applied to the gist codes"""
+    learn_loss_scale: bool = True
+    """phi includes a log-scale s of L_gist (init 0); lets meta-learning set the step size, or switch the loss off"""
+    eval_inner_steps: int = 5
+    """K: inner SGD steps per evaluation episode"""
+    c_eval_episodes: int = 8
+    """evaluation episodes (validation text), identical for every update rule"""
+
+    # ---- derived at runtime ----
+    gist_id: tyro.conf.Suppress[int] = -1
+    """vocabulary id of <gist>"""
+    n_vocab: tyro.conf.Suppress[int] = 0
+    """ids the model embeds (tokenizer vocabulary including <gist>)"""
+    n_positions: tyro.conf.Suppress[int] = 0
+    """positions the run needs: max(Lc + k + Lx, 2L + k)"""
+    run_stages: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """stages that run, in order"""
+    a_run_modes: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """stage-A masks that run (gist first)"""
+
+
+STAGES = ("a", "b", "c", "all")
+MASK_MODES = ("gist", "full", "none")
+B_LOSSES = ("gist", "ce", "none")
+VAL_SELECT = ("next", "similar")
+SIM_REPR = ("gist", "mean")
+EVAL_RULES = ("learned", "fixed", "stage_b", "ce", "none")
+GIST = "<gist>"
+
+
+def finalize_args(args: Args) -> Args:
+    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
+    choices = {"stage": STAGES, "val_select": VAL_SELECT, "sim_repr": SIM_REPR,
+               "b_target": ("frozen", "ema"), "b_pred_encoder": ("online", "target")}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(args, name)!r}; choose one of {', '.join(allowed)}")
+    for name, allowed in (("a_modes", MASK_MODES), ("b_losses", B_LOSSES)):
+        bad = [m for m in getattr(args, name) if m not in allowed]
+        if bad or not getattr(args, name):
+            raise ValueError(f"unknown --{name.replace('_', '-')} {bad or '(empty)'}; choose from {', '.join(allowed)}")
+    if args.num_gist_tokens < 1:
+        raise ValueError(f"--num-gist-tokens (k) must be at least 1, got {args.num_gist_tokens}")
+    for name in ("context_len", "cont_len", "c_chunk_len"):
+        if getattr(args, name) < 2:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
+    for name in ("a_steps", "b_steps", "c_steps", "batch_size", "meta_batch_size", "eval_every", "eval_batches",
+                 "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("a_lr", "b_lr", "meta_lr", "inner_lr", "soft_temperature", "fd_eps"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0.0 <= args.b_ema < 1.0:
+        raise ValueError(f"--b-ema must lie in [0, 1), got {args.b_ema}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
+    if args.n_head % args.n_kv_head or args.n_embd % args.n_head:
+        raise ValueError(f"need --n-kv-head | --n-head | --n-embd, got {args.n_kv_head}, {args.n_head}, {args.n_embd}")
+    if args.text_path is not None and args.hf_dataset is not None:
+        raise ValueError("give at most one of --text-path and --hf-dataset")
+    if args.model_name_or_path is not None and not os.path.exists(args.model_name_or_path):
+        raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} does not exist (only local checkpoints are loaded)")
+    args.run_stages = ("a", "b", "c") if args.stage == "all" else (args.stage,)
+    modes = args.a_modes if args.stage in ("a", "all") else ()
+    args.a_run_modes = ("gist",) + tuple(m for m in dict.fromkeys(modes) if m != "gist")
+    args.n_positions = max(args.context_len + args.num_gist_tokens + args.cont_len,
+                           2 * args.c_chunk_len + args.num_gist_tokens)
+    return args
+
+
+def check_positions(n_positions: int, model_positions: Optional[int]) -> None:
+    """One-line error when the sequences do not fit the model's positions."""
+    if model_positions is not None and n_positions > model_positions:
+        raise ValueError(f"the run needs {n_positions} positions (Lc + k + Lx and 2L + k) but the model has "
+                         f"{model_positions}; lower --context-len, --cont-len, --c-chunk-len or --num-gist-tokens")
+
+
+# ==================================================================================================
+# Data and tokenizer (shared with self_critic_lm.py)
+# ==================================================================================================
+# >>> copied: lm-corpus
+# Corpus for the LM scripts. Reads only these Args fields: text_path, hf_dataset, val_fraction.
+def load_corpus(args) -> tuple[str, str, str]:
+    """(train_text, val_text, source): --text-path, else --hf-dataset (lazy `datasets`, split 'train',
+    column 'text' or the first column), else the Python docs in pydoc_data.topics (stdlib, offline).
+    The last --val-fraction of the characters is the validation text (contiguous, no overlap)."""
+    if args.text_path is not None:
+        if not os.path.isfile(args.text_path):
+            raise ValueError(f"--text-path {args.text_path!r} is not a file")
+        with open(args.text_path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        source = f"file {args.text_path}"
+    elif args.hf_dataset is not None:
+        try:
+            import datasets
+        except ImportError:
+            raise ValueError("--hf-dataset needs the `datasets` package (pip install datasets)") from None
+        name, _, config = args.hf_dataset.partition(":")
+        try:
+            ds = datasets.load_dataset(name, config or None, split="train")
+        except Exception as e:  # noqa: BLE001 -- any loader failure becomes one line
+            raise ValueError(f"--hf-dataset {args.hf_dataset!r} could not be loaded: {type(e).__name__}") from None
+        column = "text" if "text" in ds.column_names else ds.column_names[0]
+        text = "\n\n".join(str(t) for t in ds[column])
+        source = f"hf {args.hf_dataset} [{column}]"
+    else:
+        from pydoc_data.topics import topics
+
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+        source = f"pydoc_data.topics (Python {sys.version.split()[0]})"
+    if not text.strip():
+        raise ValueError(f"the corpus ({source}) is empty")
+    cut = len(text) - int(len(text) * args.val_fraction)
+    source += f", {len(text)} chars, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return text[:cut], text[cut:], source
+
+
+def check_token_counts(train_ids, val_ids, need: int, what: str) -> None:
+    """One-line error when either split has fewer than `need` tokens."""
+    if len(train_ids) < need or len(val_ids) < need:
+        raise ValueError(f"the corpus is too short for {what}: {len(train_ids)} train / {len(val_ids)} "
+                         f"validation tokens, each split needs at least {need}")
+
+
+def sample_windows(data: torch.Tensor, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, length) random contiguous windows of the 1-D token tensor `data` (starts drawn on the CPU)."""
+    starts = torch.randint(0, len(data) - length + 1, (n, 1), generator=generator).to(data.device)
+    return data[starts + torch.arange(length, device=data.device)]
+# <<< copied: lm-corpus
+
+
+# >>> copied: lm-tokenizer
+# Tokenizers for the LM scripts. Reads only these Args fields: tokenizer, vocab_size.
+class LMTokenizer:
+    """One interface over a byte tokenizer (ids 0-255 are bytes, the specials follow) and a
+    `tokenizers.Tokenizer` (BPE or pretrained, specials added). n_vocab counts every id the model
+    must embed; special_ids maps each special string to its id."""
+
+    def __init__(self, kind: str, specials, backend=None):
+        self.kind, self.backend = kind, backend
+        if backend is None:
+            self.special_ids = {s: 256 + i for i, s in enumerate(specials)}
+            self.n_vocab = 256 + len(specials)
+        else:
+            backend.add_special_tokens(list(specials))
+            self.special_ids = {s: backend.token_to_id(s) for s in specials}
+            self.n_vocab = backend.get_vocab_size(with_added_tokens=True)
+        self._names = {i: s for s, i in self.special_ids.items()}
+
+    def encode(self, text: str) -> list[int]:
+        if self.backend is None:
+            return list(text.encode("utf-8"))
+        return self.backend.encode(text).ids
+
+    def decode(self, ids) -> str:
+        if self.backend is None:
+            out, run = [], []
+            for i in ids:
+                if i < 256:
+                    run.append(i)
+                    continue
+                out += [bytes(run).decode("utf-8", errors="replace"), self._names.get(i, f"<{i}>")]
+                run = []
+            return "".join(out) + bytes(run).decode("utf-8", errors="replace")
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def save(self, run_dir: str) -> Optional[str]:
+        """Write run_dir/tokenizer.json (reload with --tokenizer that path); None for bytes."""
+        if self.backend is None:
+            return None
+        path = os.path.join(run_dir, "tokenizer.json")
+        self.backend.save(path)
+        return path
+
+
+def build_tokenizer(args, train_text: str, specials) -> LMTokenizer:
+    """--tokenizer byte | bpe (byte-level BPE with --vocab-size ids, trained on train_text only) |
+    a tokenizer.json file | a local pretrained tokenizer folder (AutoTokenizer, fast tokenizers)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if args.tokenizer == "byte":
+        return LMTokenizer("byte", specials)
+    if args.tokenizer == "bpe":
+        if args.vocab_size < 256 + len(specials):
+            raise ValueError(f"--vocab-size {args.vocab_size} must be at least {256 + len(specials)} for byte-level BPE")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=args.vocab_size, special_tokens=list(specials),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(train_text.split("\n"), trainer)
+        return LMTokenizer("bpe", specials, tok)
+    if not os.path.exists(args.tokenizer):
+        raise ValueError(f"--tokenizer {args.tokenizer!r} is neither byte, bpe nor an existing file or folder")
+    if os.path.isfile(args.tokenizer):
+        return LMTokenizer(f"file {args.tokenizer}", specials, Tokenizer.from_file(args.tokenizer))
+    from transformers import AutoTokenizer
+
+    hf_tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    if not hasattr(hf_tok, "backend_tokenizer"):
+        raise ValueError(f"--tokenizer {args.tokenizer!r} is not a fast (tokenizers-backed) tokenizer")
+    return LMTokenizer(f"pretrained {args.tokenizer}", specials, hf_tok.backend_tokenizer)
+# <<< copied: lm-tokenizer
+
+
+# ==================================================================================================
+# Model (shared with self_critic_lm.py)
+# ==================================================================================================
+# >>> copied: lm-model
+# Causal LM for the LM scripts. Reads only these Args fields: model_name_or_path, n_embd, n_layer,
+# n_head, n_kv_head.
+def build_lm(args, vocab_size: int, n_positions: int, attn_implementation: str = "sdpa"):
+    """(model, info). From scratch: a Llama-style decoder (GQA with --n-kv-head key/value heads, RoPE,
+    RMSNorm, SwiGLU of width 4*n_embd, tied input/output embeddings, no biases) with vocab_size
+    rows and a context of n_positions. With --model-name-or-path: from_pretrained on that local
+    folder, embeddings resized when the tokenizer has more ids (mean_resizing: new rows drawn around
+    the mean of the old ones);
+    a ValueError if its context is shorter than n_positions. attn_implementation: "sdpa", or
+    "eager" where second-order gradients are needed (SDPA has no double backward)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    info = {"resized_from": None}
+    if args.model_name_or_path is None:
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=args.n_embd, intermediate_size=4 * args.n_embd,
+                             num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
+                             num_key_value_heads=args.n_kv_head, max_position_embeddings=n_positions,
+                             tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path,
+                                                         attn_implementation=attn_implementation)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} could not be loaded: {first}") from None
+        context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        if context is not None and n_positions > context:
+            raise ValueError(f"the run needs {n_positions} positions but {args.model_name_or_path!r} has a context "
+                             f"of {context}; lower --block-size")
+        rows = model.get_input_embeddings().weight.shape[0]
+        if rows < vocab_size:
+            model.resize_token_embeddings(vocab_size, mean_resizing=True)
+            info["resized_from"] = rows
+    info["n_params"] = sum(p.numel() for p in model.parameters())
+    info["n_rows"] = model.get_input_embeddings().weight.shape[0]
+    return model, info
+# <<< copied: lm-model
+
+
+def init_gist_row_(model, gist_id: int) -> None:
+    """Set the <gist> input-embedding row (and the output row, tied or not) to the mean of all
+    other rows, as Mu et al. initialise their new token."""
+    with torch.no_grad():
+        for layer in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if layer is not None:
+                others = torch.arange(layer.weight.shape[0], device=layer.weight.device) != gist_id
+                layer.weight[gist_id] = layer.weight[others].mean(0)
+
+
+def embedding_name(model) -> str:
+    """Name of the input-embedding matrix among model.named_parameters()."""
+    weight = model.get_input_embeddings().weight
+    return next(n for n, p in model.named_parameters() if p is weight)
+
+
+# ==================================================================================================
+# Gist mask and sequences
+# ==================================================================================================
+def gist_attention_mask(ctx_len: int, num_gist: int, cont_len: int, mode: str,
+                        dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """(1, 1, T, T) additive float mask, T = ctx_len + num_gist + cont_len: 0 where query q may
+    attend to key j, finfo(dtype).min where not. Causal always; mode gist: no query after the last
+    gist sees a key before the first gist; none: no query from the first gist on sees the context;
+    full: causal only. Float, not bool: eager attention adds the mask to the scores."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}")
+    T = ctx_len + num_gist + cont_len
+    q = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    allowed = j <= q
+    first_blind = {"gist": ctx_len + num_gist, "none": ctx_len, "full": T}[mode]
+    allowed &= ~((q >= first_blind) & (j < ctx_len))
+    zeros = torch.zeros(T, T, dtype=dtype, device=device)
+    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def gist_sequences(windows: torch.Tensor, ctx_len: int, num_gist: int, gist_id: int) -> torch.Tensor:
+    """(B, Lc + k + Lx) = [context | <gist> x k | continuation] from windows (B, Lc + Lx)."""
+    gists = torch.full((windows.shape[0], num_gist), gist_id, dtype=windows.dtype, device=windows.device)
+    return torch.cat([windows[:, :ctx_len], gists, windows[:, ctx_len:]], dim=1)
+
+
+def stage_a_losses(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gist: int,
+                   context_loss: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training loss, continuation CE). Continuation token i sits at position Lc + k + i and is
+    predicted by position Lc + k + i - 1 (the last gist for i = 0). With context_loss, the loss is
+    the token-weighted mean over continuation and context targets (context tokens 1..Lc-1)."""
+    first = ctx_len + num_gist
+    cont_tok = F.cross_entropy(logits[:, first - 1:-1].flatten(0, 1).float(), ids[:, first:].flatten(), reduction="none")
+    cont_ce = cont_tok.mean()
+    if not context_loss:
+        return cont_ce, cont_ce
+    ctx_tok = F.cross_entropy(logits[:, :ctx_len - 1].flatten(0, 1).float(), ids[:, 1:ctx_len].flatten(), reduction="none")
+    return torch.cat([cont_tok, ctx_tok]).mean(), cont_ce
+
+
+# ==================================================================================================
+# Model calls (functional: params None uses the module's own weights)
+# ==================================================================================================
+def forward(model, params: Optional[dict], hidden: bool = False, logits_to_keep: int = 0, **inputs):
+    kwargs = dict(use_cache=False, output_hidden_states=hidden, logits_to_keep=logits_to_keep, **inputs)
+    if params is None:
+        return model(**kwargs)
+    return functional_call(model, params, (), kwargs)
+
+
+def input_embeddings(model, params: Optional[dict]) -> torch.Tensor:
+    return model.get_input_embeddings().weight if params is None else params[embedding_name(model)]
+
+
+def lm_ce(model, params: Optional[dict], ids: torch.Tensor) -> torch.Tensor:
+    """Next-token CE (nats/token) of a chunk batch ids (B, L+1), computed by hand (float64-safe)."""
+    logits = forward(model, params, input_ids=ids[:, :-1]).logits
+    return F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+
+
+def soft_embeddings(logits: torch.Tensor, emb: torch.Tensor, gist_id: int, temperature: float) -> torch.Tensor:
+    """(B, L, d) = softmax(logits / tau) @ E with the <gist> id excluded: the differentiable
+    'predicted text' in embedding space (only the rows the logits cover are used)."""
+    logits = logits[..., : emb.shape[0]] / temperature
+    logits = logits.masked_fill(torch.arange(logits.shape[-1], device=logits.device) == gist_id, float("-inf"))
+    return torch.softmax(logits, dim=-1) @ emb[: logits.shape[-1]]
+
+
+def gist_codes(model, params: Optional[dict], span: torch.Tensor, gist_vecs: torch.Tensor) -> torch.Tensor:
+    """(B, k, d): final-layer hidden states at k gist vectors appended to the span embeddings
+    (B, S, d); ordinary causal attention (the gists see the whole span)."""
+    B, k = span.shape[0], gist_vecs.shape[0]
+    x = torch.cat([span, gist_vecs.unsqueeze(0).expand(B, k, -1)], dim=1)
+    return forward(model, params, hidden=True, logits_to_keep=1, inputs_embeds=x).hidden_states[-1][:, -k:]
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
+
+
+def code_spread(z: torch.Tensor) -> torch.Tensor:
+    """Collapse diagnostic: sqrt(sum over dims of the batch variance of unit-normalised codes),
+    codes z (B, k, d) flattened to (B, k*d). 0 = every sample has the same code; ~1 = spread out."""
+    u = F.normalize(z.flatten(1).float(), dim=-1)
+    return u.var(dim=0, unbiased=False).sum().sqrt()
+
+
+# ==================================================================================================
+# Stage B: self-produced semantic loss
+# ==================================================================================================
+def semantic_loss(model, target, ids: torch.Tensor, gist_id: int, num_gist: int, temperature: float,
+                  pred_encoder: str = "online"):
+    """L_B on a chunk batch ids (B, L+1): (loss, z_pred, z_true). model and target are modules (the
+    target is never differentiated). The prediction is encoded by `model` (online) or `target`."""
+    logits = forward(model, None, input_ids=ids[:, :-1]).logits
+    enc = model if pred_encoder == "online" else target
+    emb = enc.get_input_embeddings().weight
+    z_pred = gist_codes(enc, None, soft_embeddings(logits, emb, gist_id, temperature), emb[gist_id].expand(num_gist, -1))
+    with torch.no_grad():
+        t_emb = target.get_input_embeddings().weight
+        z_true = gist_codes(target, None, t_emb[ids[:, 1:]], t_emb[gist_id].expand(num_gist, -1))
+    return cosine_distance(z_pred, z_true), z_pred, z_true
+
+
+@torch.no_grad()
+def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
+    """target <- decay * target + (1 - decay) * source, parameter by parameter."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), 1.0 - decay)
+
+
+# ==================================================================================================
+# Stage C: meta-learned gist loss
+# ==================================================================================================
+def init_phi(gist_row: torch.Tensor, num_gist: int, proj: bool, scale: bool) -> dict:
+    """phi: k gist vectors (copies of the <gist> row), optional P = I (d x d), optional log-scale 0."""
+    d = gist_row.shape[0]
+    phi = {"gist": gist_row.detach().clone().expand(num_gist, d).clone()}
+    if proj:
+        phi["proj"] = torch.eye(d, dtype=gist_row.dtype, device=gist_row.device)
+    if scale:
+        phi["log_scale"] = torch.zeros((), dtype=gist_row.dtype, device=gist_row.device)
+    return {k: v.requires_grad_() for k, v in phi.items()}
+
+
+def gist_loss(model, params: Optional[dict], phi: dict, ids: torch.Tensor, gist_id: int,
+              temperature: float = 1.0) -> torch.Tensor:
+    """L_gist(theta, phi) on a chunk batch ids (B, L+1): e^s * mean(1 - cos(P z(s^), P z([s^ ; s]))),
+    s^ the soft predicted embeddings of s_1..s_L, s their true embeddings, z through gist phi."""
+    emb = input_embeddings(model, params)
+    logits = forward(model, params, input_ids=ids[:, :-1]).logits
+    pred = soft_embeddings(logits, emb, gist_id, temperature)
+    z_own = gist_codes(model, params, pred, phi["gist"])
+    z_both = gist_codes(model, params, torch.cat([pred, emb[ids[:, 1:]]], dim=1), phi["gist"])
+    if "proj" in phi:
+        z_own, z_both = z_own @ phi["proj"].T, z_both @ phi["proj"].T
+    loss = cosine_distance(z_own, z_both)
+    return loss * phi["log_scale"].exp() if "log_scale" in phi else loss
+
+
+def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: torch.Tensor, inner_lr: float,
+                   loss_fn, first_order: bool = False, fd_eps: float = 0.01, meta_theta: bool = False):
+    """One meta step's gradients. theta: name -> tensor (requires grad), phi: name -> tensor.
+    loss_fn(model, params, phi, ids) is the inner loss. Returns (inner loss, outer loss, grads)
+    with grads: name -> gradient of the outer loss for every phi entry (and theta's with meta_theta).
+        second order:  theta' = theta - alpha grad L(theta, phi) kept in the graph; autograd.grad.
+        first order:   v = grad CE(theta'), theta' detached; phi-grad by the forward difference
+                       -alpha (grad_phi L(theta + eps v) - grad_phi L(theta)) / eps, eps = fd_eps/|v|;
+                       theta-grad = v (first-order MAML)."""
+    names, tensors = list(theta), list(theta.values())
+    phi_names, phi_tensors = list(phi), list(phi.values())
+    inner = loss_fn(model, theta, phi, x_train)
+    if not first_order:
+        g = torch.autograd.grad(inner, tensors, create_graph=True)
+        fast = {n: p - inner_lr * gi for n, p, gi in zip(names, tensors, g)}
+        outer = lm_ce(model, fast, x_val)
+        wrt = phi_tensors + (tensors if meta_theta else [])
+        grads = torch.autograd.grad(outer, wrt, allow_unused=True)
+        grads = [torch.zeros_like(w) if gr is None else gr for w, gr in zip(wrt, grads)]
+        return inner.detach(), outer.detach(), dict(zip(phi_names + (names if meta_theta else []), grads))
+    g_all = torch.autograd.grad(inner, tensors + phi_tensors, allow_unused=True)
+    g, g_phi0 = g_all[:len(tensors)], g_all[len(tensors):]
+    fast = {n: (p - inner_lr * gi).detach().requires_grad_() for n, p, gi in zip(names, tensors, g)}
+    outer = lm_ce(model, fast, x_val)
+    v = torch.autograd.grad(outer, list(fast.values()))
+    eps = fd_eps / torch.sqrt(sum((vi * vi).sum() for vi in v)).clamp_min(1e-12)
+    shifted = {n: p.detach() + eps * vi for n, p, vi in zip(names, tensors, v)}
+    g_phi1 = torch.autograd.grad(loss_fn(model, shifted, phi, x_train), phi_tensors, allow_unused=True)
+    grads = {}
+    for n, w, a, b in zip(phi_names, phi_tensors, g_phi1, g_phi0):
+        a = torch.zeros_like(w) if a is None else a
+        b = torch.zeros_like(w) if b is None else b
+        grads[n] = -inner_lr * (a - b) / eps
+    if meta_theta:
+        grads.update(zip(names, v))
+    return inner.detach(), outer.detach(), grads
+
+
+def select_similar(query: torch.Tensor, bank: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the bank row with the highest cosine similarity to each query row.
+    query (B, D), bank (M, D), exclude (B, M) bool: pairs that may not be chosen."""
+    sims = F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T
+    return sims.masked_fill(exclude, float("-inf")).argmax(dim=-1)
+
+
+@torch.no_grad()
+def chunk_repr(model, phi: dict, ids: torch.Tensor, kind: str) -> torch.Tensor:
+    """(B, D) chunk representation for similarity: the mean gist code of ids (B, L+1) read through
+    phi's gist vectors (gist), or the mean-pooled final hidden state (mean)."""
+    if kind == "gist":
+        emb = model.get_input_embeddings().weight
+        return gist_codes(model, None, emb[ids], phi["gist"]).mean(1)
+    return forward(model, None, hidden=True, logits_to_keep=1, input_ids=ids).hidden_states[-1].mean(1)
+
+
+def consecutive_chunks(data: torch.Tensor, starts: torch.Tensor, length: int, n: int) -> torch.Tensor:
+    """(n, B, length + 1): n consecutive chunks per start; chunk j covers tokens
+    [start + j*length, start + (j+1)*length] (one token of overlap: the last target of chunk j is
+    the first input of chunk j+1)."""
+    offsets = torch.arange(n, device=data.device)[:, None, None] * length + torch.arange(length + 1, device=data.device)
+    return data[starts.to(data.device)[None, :, None] + offsets]
+
+
+def k_step_ce(model, loss_fn, chunks: torch.Tensor, lr: float) -> float:
+    """Copy the model, take one SGD step (lr) of loss_fn(model_copy, ids) on each of chunks[:-1],
+    return the CE of the copy on chunks[-1]; loss_fn None: no update."""
+    m = copy.deepcopy(model)
+    if loss_fn is not None:
+        opt = torch.optim.SGD(m.parameters(), lr=lr)
+        for ids in chunks[:-1]:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(m, ids).backward()
+            opt.step()
+    with torch.no_grad():
+        return float(lm_ce(m, None, chunks[-1]))
+
+
+# ==================================================================================================
+# Run machinery. Blocks between "# >>> copied:" and "# <<< copied:" are byte-identical in every
+# script that has them; tests/test_copied_blocks.py fails when two copies drift.
+# ==================================================================================================
+# >>> copied: seeding
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    """Seed python, numpy and torch; make cuDNN deterministic if asked."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# <<< copied: seeding
+
+
+# >>> copied: device
+def pick_device(cuda: bool) -> torch.device:
+    """CUDA is permission, not demand: use it only when asked for and present."""
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+# <<< copied: device
+
+
+# >>> copied: run-name
+def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    base = f"{exp_name}__{seed}__{int(time.time())}"
+    for k in range(10_000):
+        run_name = base if k == 0 else f"{base}-{k}"
+        run_dir = os.path.join(root, run_name)
+        try:
+            os.makedirs(run_dir)
+            return run_name, run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder for {base}")
+# <<< copied: run-name
+
+
+# >>> copied: wandb-init
+def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
+    """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
+    import wandb
+
+    run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args),
+                     name=run_name, dir=run_dir, save_code=True)
+    run.define_metric(x_axis)
+    run.define_metric("*", step_metric=x_axis)
+    return run
+# <<< copied: wandb-init
+
+
+# >>> copied: outputs
+def _to_builtin(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    return str(value)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_to_builtin)
+
+
+class RunLog:
+    """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
+    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+
+    def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
+        self.run_dir, self.x_axis = run_dir, x_axis
+        write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
+
+    def log(self, x: int, row: dict) -> None:
+        row = {self.x_axis: x, **row}
+        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row)
+
+    def summary(self, summary: dict) -> None:
+        write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+# <<< copied: outputs
+
+
+def plot_curves(panels: list[tuple[str, dict]], title: str, path: str) -> None:
+    """One row of line plots; each panel is (y label, {label: (xs, ys)})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker=".", label=label)
+        ax.set(xlabel="stage step", ylabel=ylabel)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class NonFinite(RuntimeError):
+    """A loss became NaN/Inf; the message says where."""
+
+
+def min_time(fn, reps: int = 3) -> float:
+    """Smallest wall time of `reps` calls of fn() (after one warm-up call), in seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize_args(args)
+    except ValueError as e:
+        sys.exit(f"gist_meta.py: error: {e}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = pick_device(args.cuda)
+
+    # ---- corpus, tokenizer, model: every check that can fail runs before the run folder exists ----
+    try:
+        train_text, val_text, source = load_corpus(args)
+        tok = build_tokenizer(args, train_text, [GIST])
+        train_ids = torch.tensor(tok.encode(train_text), dtype=torch.long)
+        val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
+        Lc, k, Lx, L = args.context_len, args.num_gist_tokens, args.cont_len, args.c_chunk_len
+        K = args.eval_inner_steps
+        need = max(Lc + Lx, (K + 1) * L + 1, 2 * L + 1) + 1
+        check_token_counts(train_ids, val_ids, need, f"context {Lc} + continuation {Lx} and {K + 1} chunks of {L}")
+        args.gist_id, args.n_vocab = tok.special_ids[GIST], tok.n_vocab
+        model, model_info = build_lm(args, args.n_vocab, args.n_positions, attn_implementation="eager")
+        check_positions(args.n_positions, getattr(model.config, "max_position_embeddings", None))
+    except ValueError as e:
+        sys.exit(f"gist_meta.py: error: {e}")
+    init_gist_row_(model, args.gist_id)
+    model.to(device)
+    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
+    init_state = copy.deepcopy(model.state_dict())                    # every stage-A mask starts here
+
+    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
+    log = RunLog(args, run_name, run_dir, x_axis="step")
+    tok.save(run_dir)
+    print(f"{run_name}: {source}; {len(train_ids)} train / {len(val_ids)} val tokens; "
+          f"{model_info['n_params'] / 1e6:.2f}M params; stages {','.join(args.run_stages)}", flush=True)
+    summary = {"status": "ok", "stage": args.stage, "seed": args.seed, "corpus": source,
+               "n_params": model_info["n_params"], "train_tokens": len(train_ids), "val_tokens": len(val_ids)}
+    gen = torch.Generator().manual_seed(args.seed)                    # data order, independent of init
+    step = 0                                                          # x-axis: steps of all stages in order
+    t_start = time.time()
+
+    def fixed_val_windows(length: int, n: int, salt: int) -> torch.Tensor:
+        """The same validation windows for every model of a stage (seeded by --seed and salt)."""
+        return sample_windows(val_ids, n, length, torch.Generator().manual_seed(args.seed * 1000 + salt))
+
+    def finite(value: float, where: str) -> float:
+        if not math.isfinite(value):
+            raise NonFinite(f"non-finite loss {value} at step {step} ({where})")
+        return value
+
+    try:
+        # ==========================================================================================
+        # Stage A: gist compression with the full / none controls
+        # ==========================================================================================
+        a_val = fixed_val_windows(Lc + Lx, args.eval_batches * args.batch_size, 1).view(
+            args.eval_batches, args.batch_size, Lc + Lx)
+        masks = {m: gist_attention_mask(Lc, k, Lx, m, device=device) for m in MASK_MODES}
+        a_curves, a_final, gist_model = {}, {}, None
+
+        def a_eval(m, mode):
+            with torch.no_grad():
+                return float(torch.stack([stage_a_losses(m(input_ids=gist_sequences(w, Lc, k, args.gist_id),
+                                                           attention_mask=masks[mode], use_cache=False).logits,
+                                                         gist_sequences(w, Lc, k, args.gist_id), Lc, k, False)[1]
+                                          for w in a_val]).mean())
+
+        for mode in args.a_run_modes:
+            model.load_state_dict(init_state)
+            opt = torch.optim.AdamW(model.parameters(), lr=args.a_lr, weight_decay=args.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s, args.a_steps) / args.a_steps)))
+            a_gen = torch.Generator().manual_seed(args.seed)             # same batches for every mask
+            xs, ys = [0], [a_eval(model, mode)]
+            t0, tokens = time.time(), 0
+            for s in range(1, args.a_steps + 1):
+                step += 1
+                ids = gist_sequences(sample_windows(train_ids, args.batch_size, Lc + Lx, a_gen), Lc, k, args.gist_id)
+                logits = model(input_ids=ids, attention_mask=masks[mode], use_cache=False).logits
+                loss, cont_ce = stage_a_losses(logits, ids, Lc, k, args.a_context_loss)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                opt.step()
+                sched.step()
+                tokens += ids.numel()
+                if s % args.eval_every == 0 or s == args.a_steps:
+                    train_loss = finite(loss.item(), f"stage A, mask {mode}")
+                    xs.append(s), ys.append(a_eval(model, mode))
+                    tps = tokens / (time.time() - t0)
+                    log.log(step, {"stage": "a", "stage_step": s, "a/mode": mode, "a/train_loss": train_loss,
+                                   "a/train_cont_ce": cont_ce.item(), "a/val_cont_ce": ys[-1], "a/tokens_per_s": tps})
+                    print(f"[A {mode:>4}] step {s:>5d}/{args.a_steps}  val cont CE {ys[-1]:.4f}  {tps:,.0f} tok/s", flush=True)
+            a_curves[mode], a_final[mode] = (xs, ys), ys[-1]
+            summary[f"a_ce_{mode}"] = ys[-1]
+            summary[f"a_tokens_per_s_{mode}"] = tokens / (time.time() - t0)
+            if mode == "gist":
+                gist_model = copy.deepcopy(model)
+        if {"gist", "full", "none"} <= set(a_final):
+            gap = a_final["none"] - a_final["full"]
+            summary["a_retention"] = (a_final["none"] - a_final["gist"]) / gap if gap != 0 else None
+            summary["a_gap_none_full"] = gap
+        # speed: gist-masked vs unmasked (plain causal) forward on the same batch
+        with torch.no_grad():
+            ids = gist_sequences(a_val[0], Lc, k, args.gist_id)
+            t_mask = min_time(lambda: model(input_ids=ids, attention_mask=masks["gist"], use_cache=False), 5)
+            t_plain = min_time(lambda: model(input_ids=ids, use_cache=False), 5)
+        summary.update({"a_fwd_masked_s": t_mask, "a_fwd_unmasked_s": t_plain, "a_fwd_masked_ratio": t_mask / t_plain})
+        plot_curves([("validation continuation CE (nats/token)", a_curves)],
+                    f"{run_name}: stage A, k={k}, Lc={Lc}, Lx={Lx}", os.path.join(run_dir, "stage_a.png"))
+        if "a" in args.run_stages:
+            print(f"[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
+                  + (f"; retention {summary['a_retention']:.3f}" if summary.get("a_retention") is not None else "")
+                  + f"; masked/unmasked forward {t_mask / t_plain:.2f}x", flush=True)
+
+        # ==========================================================================================
+        # Stage B: self-produced semantic loss, from stage A's gist model
+        # ==========================================================================================
+        b_val = fixed_val_windows(Lc + 1, args.eval_batches * args.batch_size, 2).view(
+            args.eval_batches, args.batch_size, Lc + 1)
+        if "b" in args.run_stages:
+            b_curves, b_spread_curves = {}, {}
+
+            def b_eval(m) -> float:
+                with torch.no_grad():
+                    return float(torch.stack([lm_ce(m, None, w) for w in b_val]).mean())
+
+            for loss_name in args.b_losses:
+                model = copy.deepcopy(gist_model)
+                target = copy.deepcopy(gist_model).requires_grad_(False)
+                opt = torch.optim.AdamW(model.parameters(), lr=args.b_lr, weight_decay=args.weight_decay)
+                b_gen = torch.Generator().manual_seed(args.seed + 1)     # same chunks for every loss
+                xs, ys = [0], [b_eval(model)]
+                spread_x, spread_pred, spread_true = [], [], []
+                steps = args.b_steps if loss_name != "none" else 0
+                for s in range(1, steps + 1):
+                    step += 1
+                    ids = sample_windows(train_ids, args.batch_size, Lc + 1, b_gen)
+                    if loss_name == "gist":
+                        loss, z_pred, z_true = semantic_loss(model, target, ids, args.gist_id, k,
+                                                             args.soft_temperature, args.b_pred_encoder)
+                    else:
+                        loss = lm_ce(model, None, ids)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    opt.step()
+                    if args.b_target == "ema":
+                        ema_update_(target, model, args.b_ema)
+                    if s % args.eval_every == 0 or s == steps or (loss_name == "gist" and s % 10 == 0):
+                        row = {"stage": "b", "stage_step": s, "b/loss_name": loss_name,
+                               "b/train_loss": finite(loss.item(), f"stage B, loss {loss_name}")}
+                        if loss_name == "gist":
+                            spread_x.append(s)
+                            spread_pred.append(float(code_spread(z_pred.detach())))
+                            spread_true.append(float(code_spread(z_true)))
+                            row.update({"b/gist_spread_pred": spread_pred[-1], "b/gist_spread_true": spread_true[-1]})
+                        if s % args.eval_every == 0 or s == steps:
+                            xs.append(s), ys.append(b_eval(model))
+                            row["b/val_ce"] = ys[-1]
+                            print(f"[B {loss_name:>4}] step {s:>5d}/{steps}  val CE {ys[-1]:.4f}  "
+                                  f"train loss {row['b/train_loss']:.4f}", flush=True)
+                        log.log(step, row)
+                if loss_name == "none":
+                    log.log(step, {"stage": "b", "stage_step": 0, "b/loss_name": "none", "b/val_ce": ys[0]})
+                b_curves[loss_name] = (xs, ys)
+                summary[f"b_val_ce_{loss_name}"] = ys[-1]
+                summary["b_val_ce_start"] = ys[0]
+                if loss_name == "gist":
+                    b_spread_curves = {"prediction (live encoder)" if args.b_pred_encoder == "online"
+                                       else "prediction (target encoder)": (spread_x, spread_pred),
+                                       f"ground truth ({args.b_target} target)": (spread_x, spread_true)}
+                    summary.update({"b_gist_spread_pred_final": spread_pred[-1], "b_gist_spread_true_final": spread_true[-1],
+                                    "b_gist_spread_true_start": spread_true[0]})
+            plot_curves([("validation CE (nats/token)", b_curves), ("gist-code spread (collapse diagnostic)", b_spread_curves)],
+                        f"{run_name}: stage B, target {args.b_target}, pred encoder {args.b_pred_encoder}",
+                        os.path.join(run_dir, "stage_b.png"))
+            print("[B] val CE " + ", ".join(f"{n} {summary[f'b_val_ce_{n}']:.4f}" for n in args.b_losses), flush=True)
+
+        # ==========================================================================================
+        # Stage C: in-situ second-order learning of the gist parameters phi
+        # ==========================================================================================
+        if "c" in args.run_stages:
+            model = copy.deepcopy(gist_model)
+            theta = dict(model.named_parameters())
+            emb_w = model.get_input_embeddings().weight
+            phi = init_phi(emb_w[args.gist_id], k, args.gist_proj, args.learn_loss_scale)
+            phi0 = {n: p.detach().clone() for n, p in phi.items()}
+            start_model = copy.deepcopy(model)
+            meta_params = list(phi.values()) + (list(theta.values()) if args.meta_theta else [])
+            meta_opt = torch.optim.Adam(meta_params, lr=args.meta_lr)
+            loss_c = lambda m, params, ph, ids: gist_loss(m, params, ph, ids, args.gist_id, args.soft_temperature)
+            c_gen = torch.Generator().manual_seed(args.seed + 2)
+            n_train = len(train_ids)
+            if args.val_select == "similar":
+                bank_starts = torch.randint(0, n_train - L, (args.bank_size,), generator=c_gen)
+                bank = consecutive_chunks(train_ids, bank_starts, L, 1)[0]          # (M, L+1)
+
+            def draw_train_chunks():
+                starts = torch.randint(0, n_train - 2 * L - 1, (args.meta_batch_size,), generator=c_gen)
+                return starts, consecutive_chunks(train_ids, starts, L, 2)
+
+            # speed reference: the same computation with plain (first-order, no meta) backward passes
+            _, ref_chunks = draw_train_chunks()
+
+            def plain_step():
+                g = torch.autograd.grad(loss_c(model, None, phi, ref_chunks[0]), list(theta.values()) + list(phi.values()),
+                                        allow_unused=True)
+                g = torch.autograd.grad(lm_ce(model, None, ref_chunks[1]), list(theta.values()))
+                return g
+
+            def ce_step():
+                return torch.autograd.grad(lm_ce(model, None, ref_chunks[0]), list(theta.values()))
+
+            t_plain_c, t_ce_c = min_time(plain_step), min_time(ce_step)
+            meta_times, c_curves = [], {"outer CE (theta')": ([], []), "CE before inner step (theta)": ([], [])}
+            for s in range(1, args.c_steps + 1):
+                step += 1
+                starts, chunks = draw_train_chunks()
+                x_tr = chunks[0]
+                if args.val_select == "next":
+                    x_val = chunks[1]
+                else:
+                    if (s - 1) % args.bank_refresh == 0:
+                        bank_repr = torch.cat([chunk_repr(model, phi, b, args.sim_repr)
+                                               for b in bank.split(args.meta_batch_size)])
+                    exclude = (bank_starts[None, :] - starts[:, None]).abs() <= L          # overlapping chunks
+                    pick = select_similar(chunk_repr(model, phi, x_tr, args.sim_repr), bank_repr, exclude.to(device))
+                    x_val = bank[pick]
+                t0 = time.perf_counter()
+                inner, outer, grads = meta_gradients(model, theta, phi, x_tr, x_val, args.inner_lr, loss_c,
+                                                     args.first_order, args.fd_eps, args.meta_theta)
+                for n, p in list(phi.items()) + (list(theta.items()) if args.meta_theta else []):
+                    p.grad = grads[n]
+                meta_opt.step()
+                meta_opt.zero_grad(set_to_none=True)
+                meta_times.append(time.perf_counter() - t0)
+                outer_v = finite(outer.item(), "stage C, outer loss")
+                finite(inner.item(), "stage C, inner loss")
+                if not all(torch.isfinite(p).all() for p in phi.values()):
+                    raise NonFinite(f"non-finite gist parameters after meta step {s} (step {step})")
+                with torch.no_grad():
+                    before = lm_ce(model, None, x_val).item()
+                c_curves["outer CE (theta')"][0].append(s), c_curves["outer CE (theta')"][1].append(outer_v)
+                c_curves["CE before inner step (theta)"][0].append(s), c_curves["CE before inner step (theta)"][1].append(before)
+                row = {"stage": "c", "stage_step": s, "c/inner_loss": inner.item(), "c/outer_ce": outer_v,
+                       "c/ce_before": before, "c/inner_improvement": before - outer_v,
+                       "c/phi_gist_drift": float((phi["gist"].detach() - phi0["gist"]).norm()),
+                       "c/sec_per_meta_step": meta_times[-1]}
+                if "log_scale" in phi:
+                    row["c/loss_scale"] = float(phi["log_scale"].detach().exp())
+                if "proj" in phi:
+                    row["c/proj_drift"] = float((phi["proj"].detach() - phi0["proj"]).norm())
+                log.log(step, row)
+                if s % max(1, args.c_steps // 10) == 0 or s == args.c_steps:
+                    print(f"[C] meta step {s:>4d}/{args.c_steps}  outer CE {outer_v:.4f}  improvement "
+                          f"{before - outer_v:+.4f}  {np.mean(meta_times[-10:]):.2f} s/step", flush=True)
+            sec_meta = float(np.mean(meta_times[2:] if len(meta_times) > 4 else meta_times))
+            summary.update({"c_sec_per_meta_step": sec_meta, "c_sec_plain_step": t_plain_c, "c_sec_ce_step": t_ce_c,
+                            "c_meta_vs_plain": sec_meta / t_plain_c, "c_meta_vs_ce_step": sec_meta / t_ce_c,
+                            "c_mean_inner_improvement_last20":
+                                float(np.mean(np.array(c_curves["CE before inner step (theta)"][1][-20:])
+                                              - np.array(c_curves["outer CE (theta')"][1][-20:])))})
+            if "log_scale" in phi:
+                summary["c_loss_scale_final"] = float(phi["log_scale"].detach().exp())
+
+            # ---- evaluation: K steps of each update rule on validation text, then CE on the next chunk ----
+            eval_model = model if args.meta_theta else start_model
+            phi_learned = {n: p.detach() for n, p in phi.items()}
+            phi_fixed = {n: p.detach().clone() for n, p in phi0.items()}
+            frozen_target = copy.deepcopy(eval_model).requires_grad_(False)
+            rules = {
+                "learned": lambda m, ids: gist_loss(m, None, phi_learned, ids, args.gist_id, args.soft_temperature),
+                "fixed": lambda m, ids: gist_loss(m, None, phi_fixed, ids, args.gist_id, args.soft_temperature),
+                "stage_b": lambda m, ids: semantic_loss(m, frozen_target, ids, args.gist_id, k, args.soft_temperature,
+                                                        args.b_pred_encoder)[0],
+                "ce": lambda m, ids: lm_ce(m, None, ids),
+                "none": None,
+            }
+            e_gen = torch.Generator().manual_seed(args.seed + 3)
+            e_starts = torch.randint(0, len(val_ids) - (K + 1) * L - 1, (args.c_eval_episodes, args.meta_batch_size),
+                                     generator=e_gen)
+            results = {r: [] for r in rules}
+            for e in range(args.c_eval_episodes):
+                chunks = consecutive_chunks(val_ids, e_starts[e], L, K + 1)
+                for r, fn in rules.items():
+                    results[r].append(finite(k_step_ce(eval_model, fn, chunks, args.inner_lr), f"stage C eval, {r}"))
+            none = np.array(results["none"])
+            for r, vals in results.items():
+                vals = np.array(vals)
+                summary[f"c_eval_ce_{r}"] = float(vals.mean())
+                summary[f"c_eval_gain_{r}"] = float((none - vals).mean())      # CE lowered vs no update (nats)
+                summary[f"c_eval_gain_std_{r}"] = float((none - vals).std())
+            step += 1
+            log.log(step, {"stage": "c", "stage_step": args.c_steps, **{f"c/eval_ce_{r}": summary[f"c_eval_ce_{r}"]
+                                                                       for r in rules}})
+            plot_curves([("CE on the meta step's validation chunk", c_curves),
+                         ("CE on the next chunk after K steps (eval)",
+                          {r: (list(range(args.c_eval_episodes)), results[r]) for r in rules})],
+                        f"{run_name}: stage C, val-select {args.val_select}, "
+                        f"{'first' if args.first_order else 'second'} order, K={K}", os.path.join(run_dir, "stage_c.png"))
+            print("[C] CE lowered by K=%d steps (nats, vs none): " % K
+                  + ", ".join(f"{r} {summary[f'c_eval_gain_{r}']:+.4f}" for r in rules)
+                  + f"; meta step {sec_meta:.2f} s = {sec_meta / t_plain_c:.2f}x plain step", flush=True)
+    except NonFinite as e:
+        summary["status"] = str(e)
+
+    summary["wall_time_s"] = time.time() - t_start
+    log.summary(summary)
+    log.close()
+    print(f"{run_name}: done in {summary['wall_time_s']:.1f} s -> {run_dir}", flush=True)
+    if summary["status"] != "ok":
+        sys.exit(f"gist_meta.py: stopped: {summary['status']}; metrics so far are in {run_dir}/metrics.jsonl")

@@ -1,0 +1,408 @@
+"""gist_meta.py: oracle tests of the gist mask, the leak, the losses, the meta-gradient (float64 finite
+differences), first vs second order and the similarity selection; subprocess smoke tests."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_json, read_metrics
+
+import gist_meta as G
+
+SCRIPT = "gist_meta.py"
+TINY = ("--n-embd", "32", "--n-layer", "2", "--n-head", "2", "--n-kv-head", "1", "--a-steps", "6", "--b-steps", "4",
+        "--c-steps", "3", "--eval-every", "3", "--eval-batches", "2", "--batch-size", "4", "--meta-batch-size", "2",
+        "--context-len", "16", "--cont-len", "8", "--c-chunk-len", "8", "--bank-size", "8", "--bank-refresh", "2",
+        "--c-eval-episodes", "2", "--eval-inner-steps", "2", "--inner-lr", "0.05")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+TIMING = ("a/tokens_per_s", "c/sec_per_meta_step")
+
+
+def tiny_model(vocab=24, layers=2, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    spec = SimpleNamespace(model_name_or_path=None, n_embd=16, n_layer=layers, n_head=2, n_kv_head=1)
+    model, _ = G.build_lm(spec, vocab, 64, attn_implementation="eager")
+    G.init_gist_row_(model, vocab - 1)
+    return model.to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gist mask
+# ------------------------------------------------------------------------------------------------
+def rule(q, j, ctx, k, mode):
+    """The mask rule written out for one (query, key) pair."""
+    if j > q:
+        return False                                               # causal
+    if mode == "gist" and q >= ctx + k and j < ctx:
+        return False                                               # after the last gist, no context
+    if mode == "none" and q >= ctx and j < ctx:
+        return False                                               # nothing after the context sees it
+    return True
+
+
+@pytest.mark.parametrize("mode", ["gist", "full", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gist_mask_entry_by_entry(mode, dtype):
+    ctx, k, cont = 3, 2, 3
+    mask = G.gist_attention_mask(ctx, k, cont, mode, dtype=dtype)
+    T = ctx + k + cont
+    assert mask.shape == (1, 1, T, T) and mask.dtype == dtype and mask.is_floating_point()
+    low = torch.finfo(dtype).min
+    for q in range(T):
+        for j in range(T):
+            assert mask[0, 0, q, j].item() == (0.0 if rule(q, j, ctx, k, mode) else low), (q, j)
+    later = torch.ones(T, T, dtype=torch.bool).triu(1)
+    assert (mask[0, 0][later] == low).all()                        # causal: no query sees a later key
+    # additive: softmax(scores + mask) puts exactly zero weight on forbidden keys
+    weights = torch.softmax(torch.randn(T, T, dtype=dtype) + mask[0, 0], dim=-1)
+    forbidden = mask[0, 0] == low
+    assert (weights[forbidden] == 0).all() and torch.allclose(weights.sum(-1), torch.ones(T, dtype=dtype))
+
+
+def test_gist_mask_by_hand():
+    m = G.gist_attention_mask(2, 1, 2, "gist")[0, 0] == 0         # [c0 c1 | g | x0 x1]
+    expected = torch.tensor([[1, 0, 0, 0, 0],
+                             [1, 1, 0, 0, 0],
+                             [1, 1, 1, 0, 0],
+                             [0, 0, 1, 1, 0],
+                             [0, 0, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(m, expected)
+
+
+def test_sequences_and_stage_a_loss_indexing():
+    windows = torch.arange(10).view(2, 5)                          # ctx 3, cont 2
+    ids = G.gist_sequences(windows, 3, 2, 99)
+    assert ids.tolist() == [[0, 1, 2, 99, 99, 3, 4], [5, 6, 7, 99, 99, 8, 9]]
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 100)
+    loss, cont = G.stage_a_losses(logits, ids, 3, 2, context_loss=True)
+    ce = lambda b, pos, tgt: -torch.log_softmax(logits[b, pos], -1)[tgt]
+    cont_terms = [ce(b, p - 1, ids[b, p]) for b in range(2) for p in (5, 6)]   # x0 from the last gist
+    ctx_terms = [ce(b, p - 1, ids[b, p]) for b in range(2) for p in (1, 2)]
+    assert cont.item() == pytest.approx(torch.stack(cont_terms).mean().item(), rel=1e-5)
+    assert loss.item() == pytest.approx(torch.stack(cont_terms + ctx_terms).mean().item(), rel=1e-5)
+    assert G.stage_a_losses(logits, ids, 3, 2, context_loss=False)[0].item() == pytest.approx(cont.item())
+
+
+# ------------------------------------------------------------------------------------------------
+# Leak test: the continuation sees the context only through the gist positions
+# ------------------------------------------------------------------------------------------------
+def post_gist_logits(model, ids, mask, patch=None, record=None, gist_pos=None):
+    """Logits after the gists; record: list that receives every layer's gist-position outputs;
+    patch: such a list, written back into the gist positions of every layer's output."""
+    hooks = []
+    for i, layer in enumerate(model.model.layers):
+        def hook(mod, inp, out, i=i):
+            h = out[0] if isinstance(out, tuple) else out
+            if record is not None:
+                record.append(h[:, gist_pos].clone())
+            if patch is not None:
+                h = h.clone()
+                h[:, gist_pos] = patch[i]
+                return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        hooks.append(layer.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, gist_pos.stop:]
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def test_leak_changing_the_context_changes_post_gist_outputs_only_through_the_gists():
+    ctx, k, cont, gist_id = 6, 2, 5, 23
+    gist_pos = slice(ctx, ctx + k)
+    torch.manual_seed(1)
+    windows = torch.randint(0, 23, (3, ctx + cont))
+    other = windows.clone()
+    other[:, :ctx] = torch.randint(0, 23, (3, ctx))                 # new context, same continuation
+    a, b = G.gist_sequences(windows, ctx, k, gist_id), G.gist_sequences(other, ctx, k, gist_id)
+    masks = {m: G.gist_attention_mask(ctx, k, cont, m) for m in G.MASK_MODES}
+    deep = tiny_model(layers=3)
+    # with the gists' activations held at run a's, run b's continuation is run a's, exactly
+    saved = []
+    ref = post_gist_logits(deep, a, masks["gist"], record=saved, gist_pos=gist_pos)
+    patched = post_gist_logits(deep, b, masks["gist"], patch=saved, gist_pos=gist_pos)
+    assert torch.equal(patched, ref)
+    # the same patch does not hide the context under the full mask (the test can fail)
+    saved_full = []
+    ref_full = post_gist_logits(deep, a, masks["full"], record=saved_full, gist_pos=gist_pos)
+    assert (post_gist_logits(deep, b, masks["full"], patch=saved_full, gist_pos=gist_pos) - ref_full).abs().max() > 1e-4
+    # unpatched, the context does reach the continuation through the gists (3 layers)
+    assert (post_gist_logits(deep, b, masks["gist"], gist_pos=gist_pos) - ref).abs().max() > 1e-4
+    # the none mask removes the context entirely, at any depth
+    assert torch.equal(post_gist_logits(deep, a, masks["none"], gist_pos=gist_pos),
+                       post_gist_logits(deep, b, masks["none"], gist_pos=gist_pos))
+    # one layer: the gists' keys/values come from embeddings only, so nothing changes at all
+    shallow = tiny_model(layers=1)
+    assert torch.equal(post_gist_logits(shallow, a, masks["gist"], gist_pos=gist_pos),
+                       post_gist_logits(shallow, b, masks["gist"], gist_pos=gist_pos))
+
+
+def test_gist_row_is_the_vocabulary_mean():
+    model = tiny_model(vocab=24)
+    w = model.get_input_embeddings().weight
+    assert torch.allclose(w[23], w[:23].mean(0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses
+# ------------------------------------------------------------------------------------------------
+def test_soft_embeddings_are_differentiable_and_skip_the_gist():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    emb = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda lg, e: G.soft_embeddings(lg, e, 5, 0.7), (logits, emb))
+    out = G.soft_embeddings(logits, emb, 5, 1.0)
+    p = torch.softmax(logits[..., :5], -1)
+    assert torch.allclose(out, p @ emb[:5])                       # <gist> row gets zero weight
+
+
+@pytest.mark.parametrize("pred_encoder", ["online", "target"])
+def test_semantic_loss_reaches_the_lm_through_the_soft_prediction(pred_encoder):
+    model = tiny_model()
+    target = tiny_model(seed=1).requires_grad_(False)
+    ids = torch.randint(0, 23, (3, 9))
+    loss, z_pred, z_true = G.semantic_loss(model, target, ids, 23, 2, 1.0, pred_encoder)
+    loss.backward()
+    assert z_pred.shape == z_true.shape == (3, 2, 16) and 0 <= loss.item() <= 2
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())
+
+
+def test_code_spread():
+    same = torch.ones(4, 2, 3)
+    assert G.code_spread(same).item() == pytest.approx(0.0, abs=1e-7)
+    eye = torch.eye(4).view(4, 2, 2)                               # 4 orthonormal codes
+    # unit vectors e_i: per-dim variance 1/4 - 1/16, summed over 4 dims = 3/4
+    assert G.code_spread(eye).item() == pytest.approx(math.sqrt(0.75), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Meta-gradient
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def float64_llama(monkeypatch):
+    """transformers' Llama runs RMSNorm and the eager softmax in float32 even in a float64 model,
+    which would swamp a finite difference; here both stay in float64 (same maths otherwise)."""
+    from transformers.models.llama import modeling_llama as ML
+
+    def rms_norm(self, h):
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        k, v = ML.repeat_kv(key, module.num_key_value_groups), ML.repeat_kv(value, module.num_key_value_groups)
+        w = query @ k.transpose(2, 3) * scaling
+        if attention_mask is not None:
+            w = w + attention_mask
+        w = torch.softmax(w, dim=-1)
+        return (w @ v).transpose(1, 2).contiguous(), w
+
+    monkeypatch.setattr(ML.LlamaRMSNorm, "forward", rms_norm)
+    monkeypatch.setattr(ML, "eager_attention_forward", eager)
+
+
+def meta_problem(seed=0):
+    model = tiny_model(dtype=torch.float64, seed=seed)
+    theta = dict(model.named_parameters())
+    phi = G.init_phi(model.get_input_embeddings().weight[23], 2, proj=True, scale=True)
+    with torch.no_grad():                                          # move phi off its symmetric init
+        phi["gist"].add_(0.3 * torch.randn_like(phi["gist"]))
+        phi["proj"].add_(0.2 * torch.randn_like(phi["proj"]))
+        phi["log_scale"].fill_(0.4)
+    gen = torch.Generator().manual_seed(seed)
+    x_tr, x_val = torch.randint(0, 23, (2, 7), generator=gen), torch.randint(0, 23, (2, 7), generator=gen)
+    loss_fn = lambda m, params, ph, ids: G.gist_loss(m, params, ph, ids, 23)
+    return model, theta, phi, x_tr, x_val, loss_fn
+
+
+def outer_loss(model, theta, phi, x_tr, x_val, loss_fn, lr):
+    """F(theta, phi) = CE(theta - lr grad_theta L(theta, phi); x_val), recomputed from scratch."""
+    names = list(theta)
+    g = torch.autograd.grad(loss_fn(model, theta, phi, x_tr), [theta[n] for n in names])
+    return G.lm_ce(model, {n: theta[n] - lr * gi for n, gi in zip(names, g)}, x_val).item()
+
+
+def central_difference(tensor, index, f, h=1e-6):
+    with torch.no_grad():
+        old = tensor[index].item()
+        tensor[index] = old + h
+    up = f()
+    with torch.no_grad():
+        tensor[index] = old - h
+    down = f()
+    with torch.no_grad():
+        tensor[index] = old
+    return (up - down) / (2 * h)
+
+
+def test_second_order_meta_gradient_matches_finite_differences_float64(float64_llama):
+    model, theta, phi, x_tr, x_val, loss_fn = meta_problem()
+    lr = 0.5
+    _, _, grads = G.meta_gradients(model, theta, phi, x_tr, x_val, lr, loss_fn, meta_theta=True)
+    f = lambda: outer_loss(model, theta, phi, x_tr, x_val, loss_fn, lr)
+    checks = [("gist", phi["gist"], (0, 3)), ("gist", phi["gist"], (1, 7)), ("proj", phi["proj"], (2, 5)),
+              ("log_scale", phi["log_scale"], ()), ("model.layers.1.mlp.down_proj.weight",
+                                                    theta["model.layers.1.mlp.down_proj.weight"], (4, 9)),
+              ("model.embed_tokens.weight", theta["model.embed_tokens.weight"], (3, 2))]
+    for name, tensor, index in checks:
+        fd = central_difference(tensor, index, f)
+        assert grads[name][index].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), name
+    assert abs(grads["log_scale"].item()) > 1e-6                   # the meta-gradient is not trivially zero
+
+
+def test_first_order_approximates_second_order_but_differs(float64_llama):
+    model, theta, phi, x_tr, x_val, loss_fn = meta_problem(seed=1)
+    _, outer2, so = G.meta_gradients(model, theta, phi, x_tr, x_val, 0.5, loss_fn, meta_theta=True)
+    _, outer1, fo = G.meta_gradients(model, theta, phi, x_tr, x_val, 0.5, loss_fn, first_order=True,
+                                     fd_eps=1e-5, meta_theta=True)
+    assert outer1.item() == pytest.approx(outer2.item(), rel=1e-12)   # same theta'
+    for name in phi:                                                  # phi: forward difference of the HVP
+        cos = torch.nn.functional.cosine_similarity(fo[name].flatten(), so[name].flatten(), dim=0)
+        assert cos > 0.999, name
+        assert not torch.equal(fo[name], so[name])
+    # theta: first-order MAML drops the Hessian term (I - alpha H) v
+    w = "model.layers.0.self_attn.q_proj.weight"
+    assert (fo[w] - so[w]).norm() > 1e-3 * so[w].norm()
+    # a coarse eps is a worse approximation than a fine one
+    _, _, coarse = G.meta_gradients(model, theta, phi, x_tr, x_val, 0.5, loss_fn, first_order=True, fd_eps=1.0)
+    err = lambda g: (g["gist"] - so["gist"]).norm()
+    assert err(fo) < err(coarse)
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation-chunk selection
+# ------------------------------------------------------------------------------------------------
+def test_select_similar_on_constructed_embeddings():
+    bank = torch.eye(5) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])[:, None]   # directions e_0..e_4, any norm
+    query = torch.tensor([[0.1, 0.0, 0.9, 0.0, 0.0],     # closest to e_2
+                          [0.0, 0.0, 0.0, 0.2, 0.1],     # closest to e_3 (cosine, not dot product)
+                          [0.7, 0.6, 0.0, 0.0, 0.0]])    # e_0, but excluded below -> e_1
+    exclude = torch.zeros(3, 5, dtype=torch.bool)
+    assert G.select_similar(query, bank, exclude).tolist() == [2, 3, 0]
+    exclude[2, 0] = True
+    assert G.select_similar(query, bank, exclude).tolist() == [2, 3, 1]
+
+
+def test_consecutive_chunks_overlap_by_one_token():
+    data = torch.arange(100)
+    chunks = G.consecutive_chunks(data, torch.tensor([0, 50]), 4, 3)
+    assert chunks.shape == (3, 2, 5)
+    assert chunks[0, 0].tolist() == [0, 1, 2, 3, 4] and chunks[1, 0].tolist() == [4, 5, 6, 7, 8]
+    assert chunks[2, 1].tolist() == [58, 59, 60, 61, 62]
+
+
+# ------------------------------------------------------------------------------------------------
+# Argument checks (in-process) and positions
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("changes, message", [
+    ({"num_gist_tokens": 0}, "--num-gist-tokens (k) must be at least 1"),
+    ({"stage": "d"}, "unknown --stage 'd'"),
+    ({"val_select": "random"}, "unknown --val-select 'random'"),
+    ({"sim_repr": "max"}, "unknown --sim-repr"),
+    ({"b_target": "online"}, "unknown --b-target"),
+    ({"a_modes": ("gist", "half")}, "unknown --a-modes"),
+    ({"inner_lr": 0.0}, "--inner-lr must be positive"),
+    ({"cont_len": 1}, "--cont-len must be at least 2"),
+])
+def test_finalize_args_rejects_bad_input(changes, message):
+    with pytest.raises(ValueError, match=None) as e:
+        G.finalize_args(G.Args(**changes))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_positions_and_derived_fields():
+    args = G.finalize_args(G.Args(context_len=64, num_gist_tokens=4, cont_len=16, c_chunk_len=40, stage="b"))
+    assert args.n_positions == 84 and args.run_stages == ("b",) and args.a_run_modes == ("gist",)
+    assert G.finalize_args(G.Args(a_modes=("none", "full"))).a_run_modes == ("gist", "none", "full")
+    G.check_positions(84, 84)
+    with pytest.raises(ValueError, match="needs 85 positions"):
+        G.check_positions(85, 84)
+
+
+# ------------------------------------------------------------------------------------------------
+# Smoke runs (subprocess, temporary directory)
+# ------------------------------------------------------------------------------------------------
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_smoke_all_stages_write_every_output(run):
+    proc, run_dir = run(SCRIPT, *TINY, extra_env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    config = read_json(run_dir / "config.json")
+    assert config["x_axis"] == "step" and config["args"]["stage"] == "all" and config["args"]["gist_id"] == 256
+    rows = read_metrics(run_dir)
+    steps = [r["step"] for r in rows]
+    assert steps == sorted(steps)
+    assert {r["a/mode"] for r in rows if r["stage"] == "a"} == {"gist", "full", "none"}
+    assert any("b/gist_spread_pred" in r for r in rows) and any("c/outer_ce" in r for r in rows)
+    s = read_json(run_dir / "summary.json")
+    assert s["status"] == "ok"
+    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_retention", "a_fwd_masked_ratio", "b_val_ce_gist",
+                "b_val_ce_ce", "b_val_ce_none", "b_gist_spread_pred_final", "c_sec_per_meta_step",
+                "c_meta_vs_plain", "c_loss_scale_final", *(f"c_eval_gain_{r}" for r in G.EVAL_RULES)):
+        assert key in s and s[key] is not None, key
+    assert s["a_retention"] == pytest.approx((s["a_ce_none"] - s["a_ce_gist"]) / (s["a_ce_none"] - s["a_ce_full"]))
+    assert s["a_ce_gist"] < math.log(257) - 0.1                   # stage A learns from a uniform start
+    assert s["b_val_ce_ce"] < s["b_val_ce_none"]                  # true-CE updates help
+    assert s["c_eval_gain_none"] == 0.0
+    for png in ("stage_a.png", "stage_b.png", "stage_c.png"):
+        assert (run_dir / png).stat().st_size > 1000
+
+
+def test_stage_c_similar_first_order_is_deterministic(run):
+    args = (*TINY, "--stage", "c", "--val-select", "similar", "--sim-repr", "mean", "--first-order", "True",
+            "--meta-theta", "True", "--gist-proj", "False", "--learn-loss-scale", "False")
+    (p1, d1), (p2, d2) = run(SCRIPT, *args, extra_env=OFFLINE), run(SCRIPT, *args, extra_env=OFFLINE)
+    assert p1.returncode == 0 and p2.returncode == 0, p1.stderr + p2.stderr
+    r1, r2 = read_metrics(d1), read_metrics(d2)
+    assert comparable(r1) == comparable(r2)
+    assert {r["a/mode"] for r in r1 if r["stage"] == "a"} == {"gist"}      # only the gist model for C
+    assert not any(r["stage"] == "b" for r in r1)
+    s1, s2 = read_json(d1 / "summary.json"), read_json(d2 / "summary.json")
+    assert all(s1[f"c_eval_ce_{r}"] == s2[f"c_eval_ce_{r}"] for r in G.EVAL_RULES)
+    assert "c_loss_scale_final" not in s1 and not (d1 / "stage_b.png").exists()
+
+
+def test_stage_b_ema_target_bpe_and_offline_tracking(run):
+    proc, run_dir = run(SCRIPT, *TINY, "--stage", "b", "--b-target", "ema", "--b-pred-encoder", "target",
+                        "--tokenizer", "bpe", "--vocab-size", "300", "--b-losses", "gist", "none", "--track=True",
+                        "--wandb-project-name", "test", extra_env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    s = read_json(run_dir / "summary.json")
+    assert "b_val_ce_gist" in s and "b_val_ce_ce" not in s and "c_eval_ce_ce" not in s
+    assert (run_dir / "tokenizer.json").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*/*.wandb"))
+
+
+def test_pretrained_checkpoint_is_loaded_and_resized(run, tmp_path):
+    model = tiny_model(vocab=256)
+    model.save_pretrained(tmp_path / "ckpt")
+    proc, run_dir = run(SCRIPT, *TINY, "--stage", "a", "--a-modes", "gist", "--model-name-or-path",
+                        str(tmp_path / "ckpt"), extra_env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    s = read_json(run_dir / "summary.json")
+    assert s["n_params"] == sum(p.numel() for p in model.parameters()) + 16      # one <gist> row added (tied)
+
+
+def test_non_finite_meta_step_stops_and_keeps_the_log(run):
+    proc, run_dir = run(SCRIPT, *TINY, "--stage", "c", "--inner-lr", "inf", extra_env=OFFLINE)
+    assert proc.returncode != 0 and "non-finite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert any(r["stage"] == "a" for r in read_metrics(run_dir))
+    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--num-gist-tokens", "0"), "--num-gist-tokens (k) must be at least 1"),
+    (("--text-path", "SHORT"), "the corpus is too short"),
+])
+def test_bad_input_fails_fast_with_one_line(run, tmp_path, args, message):
+    short = tmp_path / "short.txt"
+    short.write_text("too short " * 20)
+    proc, run_dir = run(SCRIPT, *TINY, *[str(short) if a == "SHORT" else a for a in args], extra_env=OFFLINE)
+    assert proc.returncode != 0 and run_dir is None
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
