@@ -593,3 +593,308 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.finish()
 # <<< copied: outputs
+
+
+# ==================================================================================================
+# Evaluation and plots
+# ==================================================================================================
+@torch.no_grad()
+def evaluate(model, critic, ref, val_x, val_y, loss_id: int, banned) -> dict:
+    """Held-out numbers on fixed validation windows (one host sync): true CE, the self loss (CE of
+    the LM against `critic`'s targets), the critic's agreement with the true token, and the KL of
+    the LM from `ref` (the phase-2 starting model; None in phase 1)."""
+    was_training = model.training
+    model.eval()
+    logits = lm_logits(model, val_x)
+    targets = masked_argmax(critic_logits(critic, masked_argmax(logits, banned), val_y, loss_id), banned)
+    vals = [cross_entropy(logits, val_y), cross_entropy(logits, targets), (targets == val_y).float().mean()]
+    if ref is not None:
+        vals.append(kl_from_reference(logits, lm_logits(ref, val_x)))
+    vals = torch.stack(vals).tolist()
+    model.train(was_training)
+    out = {"val/ce": vals[0], "val/self_loss": vals[1], "val/critic_agreement": vals[2]}
+    if ref is not None:
+        out["val/kl_from_start"] = vals[3]
+    return out
+
+
+@torch.no_grad()
+def greedy_samples(model, prompts: torch.Tensor, n_new: int, banned_ids: list[int]) -> tuple[list[list[int]], float]:
+    """(new token ids per prompt, generated tokens per second) of greedy decoding with the KV cache."""
+    was_training = model.training
+    model.eval()
+    t0 = time.time()
+    out = model.generate(prompts, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, use_cache=True,
+                         pad_token_id=0, suppress_tokens=banned_ids)
+    dt = time.time() - t0
+    model.train(was_training)
+    new = out[:, prompts.shape[1]:].tolist()
+    return new, len(prompts) * n_new / max(dt, 1e-9)
+
+
+def median_of(rows: list[dict], phase: Optional[int], key: str) -> Optional[float]:
+    """Median of a logged per-evaluation number over the rows of one phase (None: all rows)."""
+    vals = [r[key] for r in rows if key in r and (phase is None or r["phase"] == phase)]
+    return float(np.median(vals)) if vals else None
+
+
+def plot_run(rows: list[dict], meta_end: int, hack_step: Optional[int], guard_steps: list[int], title: str,
+             path: str) -> None:
+    """Top: validation CE and held-out self loss against the global step, phase boundary and hack step
+    marked; bottom: the critic's agreement with the truth and the KL from the phase-2 start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev = [r for r in rows if "val/ce" in r]
+    x = [r["step"] for r in ev]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax.plot(x, [r["val/ce"] for r in ev], "-o", ms=2, color="C0", label="validation CE (true)")
+    ax.plot(x, [r["val/self_loss"] for r in ev], "-o", ms=2, color="C1", label="self loss (vs critic targets)")
+    ax2.plot(x, [r["val/critic_agreement"] for r in ev], color="C2", label="critic agreement with y")
+    kl = [(r["step"], r["val/kl_from_start"]) for r in ev if "val/kl_from_start" in r]
+    if kl:
+        ax2b = ax2.twinx()
+        ax2b.plot(*zip(*kl), color="C3", label="KL from phase-2 start")
+        ax2b.set_ylabel("KL (nats)", color="C3")
+    for a in (ax, ax2):
+        a.axvline(meta_end, color="gray", ls="--", lw=1)
+        for g in guard_steps:
+            a.axvline(g, color="C4", ls=":", lw=1)
+        if hack_step is not None:
+            a.axvline(hack_step, color="red", lw=1.5)
+    ax.set(ylabel="nats / token", title=title + ("" if hack_step is None else "  (red: hack step)"))
+    ax2.set(xlabel="step (meta | self; dashed: phase boundary, dotted: guard restores)", ylabel="agreement")
+    ax.legend(fontsize=8)
+    ax2.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ==================================================================================================
+# Main
+# ==================================================================================================
+def prepare(args: Args, device: torch.device):
+    """Corpus, tokenizer, token tensors and model; every bad input raises a one-line ValueError here,
+    before a run folder exists."""
+    train_text, val_text, args.corpus = load_corpus(args)
+    tok = build_tokenizer(args, train_text, SPECIALS)
+    train_ids = torch.tensor(tok.encode(train_text), dtype=torch.long)
+    val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
+    check_token_counts(train_ids, val_ids, max(args.block_size + 1, PROMPT_LEN), f"--block-size {args.block_size}")
+    n_positions = max(args.critic_len, PROMPT_LEN + args.sample_tokens)
+    model, info = build_lm(args, tok.n_vocab, n_positions)
+    args.n_vocab, args.loss_id, args.n_params = tok.n_vocab, tok.special_ids["[LOSS]"], info["n_params"]
+    args.train_tokens, args.val_tokens = len(train_ids), len(val_ids)
+    return tok, train_ids.to(device), val_ids.to(device), model.to(device), info
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")            # nothing is ever downloaded
+    torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = pick_device(args.cuda)
+    try:
+        finalize_args(args)
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        tok, train_ids, val_ids, model, model_info = prepare(args, device)
+    except ValueError as e:
+        sys.exit(f"self_critic_lm.py: error: {e}")
+    seed_everything(args.seed, args.torch_deterministic)     # same stream whatever prepare() consumed
+    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
+    log = RunLog(args, run_name, run_dir, x_axis="step")
+    tokenizer_path = tok.save(run_dir)
+
+    # ids the model must never produce as a token: the specials and embedding rows past the tokenizer
+    n_rows = model_info["n_rows"]
+    banned = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    banned[list(tok.special_ids.values())] = True
+    banned[tok.n_vocab:] = True
+    banned_ids = banned.nonzero().squeeze(-1).tolist()
+
+    data_gen = torch.Generator().manual_seed(args.seed)                 # training windows
+    eval_batch = sample_windows(val_ids, args.eval_windows, args.block_size + 1, torch.Generator().manual_seed(0))
+    val_x, val_y = eval_batch[:, :-1], eval_batch[:, 1:]
+    prompts = eval_batch[:args.sample_prompts, :PROMPT_LEN]
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    tokens_per_step = args.batch_size * args.block_size                  # LM tokens (the critic reads 3x)
+
+    rows, status, step = [], "ok", 0
+    samples = {}
+
+    def train_batch():
+        batch = sample_windows(train_ids, args.batch_size, args.block_size + 1, data_gen)
+        return batch[:, :-1], batch[:, 1:]
+
+    def optimizer_step(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+
+    def meta_step():
+        x, y = train_batch()
+        loss, lm, crit, adv = meta_loss(model, x, y, args.loss_id, banned, args.adversarial, args.adv_random,
+                                        args.adv_temperature)
+        optimizer_step(loss)
+        return torch.stack([loss.detach(), lm.detach(), crit.detach(), adv.detach()])
+
+    def record(phase: int, self_step: int, critic, ref, train_row: dict, t_steps: float, n_steps: int) -> dict:
+        """Evaluate, sample, log one row and print a progress line; returns the row."""
+        row = {"phase": phase, "self_step": self_step, **train_row,
+               **evaluate(model, critic, ref, val_x, val_y, args.loss_id, banned)}
+        if n_steps:
+            row["perf/train_tokens_per_s"] = n_steps * tokens_per_step / max(t_steps, 1e-9)
+            row["perf/ms_per_step"] = 1000 * t_steps / n_steps
+        if args.sample_prompts:
+            gen, gen_tps = greedy_samples(model, prompts, args.sample_tokens, banned_ids)
+            row.update({"gen/distinct_1": distinct_n(gen, 1), "gen/distinct_2": distinct_n(gen, 2),
+                        "gen/repetition_rate": repetition_rate(gen), "perf/gen_tokens_per_s": gen_tps})
+            row["_sample"] = tok.decode(prompts[0].tolist()) + " ||| " + tok.decode(gen[0])
+        log.log(step, {k: v for k, v in row.items() if k != "_sample"})
+        row = {"step": step, **row}
+        rows.append(row)
+        print(f"phase {phase} step {step:5d} self {self_step:4d}  val CE {row['val/ce']:.3f}  self loss "
+              f"{row['val/self_loss']:.3f}  agree {row['val/critic_agreement']:.3f}"
+              + (f"  {row['perf/train_tokens_per_s']:.0f} tok/s" if n_steps else ""), flush=True)
+        return row
+
+    def finite(values: torch.Tensor) -> bool:
+        return bool(torch.isfinite(values).all())
+
+    def run_meta(n: int, phase: int) -> bool:
+        """n meta steps; phase 1 evaluates every --eval-every steps. False on a non-finite loss."""
+        global step, status
+        acc, count, t0 = torch.zeros(4, device=device), 0, time.time()
+        for i in range(1, n + 1):
+            acc += meta_step()
+            step, count = step + 1, count + 1
+            if i == n or (phase == 1 and i % args.eval_every == 0):
+                m = (acc / count).tolist()
+                if not finite(acc):
+                    status = f"non-finite loss at step {step} (meta loss {m[0]})"
+                    return False
+                if phase == 1:
+                    record(1, 0, model, None, {"train/meta_loss": m[0], "train/lm_ce": m[1], "train/critic_ce": m[2],
+                                               "train/adv_critic_ce": m[3]}, time.time() - t0, count)
+                acc, count, t0 = torch.zeros(4, device=device), 0, time.time()
+        return True
+
+    start = time.time()
+
+    # ---- phase 1: meta training (LM CE + critic CE on true tokens) ----
+    print(f"{run_name}: {args.n_params:,} params, vocab {args.n_vocab}, corpus {args.corpus}, "
+          f"{args.train_tokens:,} train / {args.val_tokens:,} val tokens; critic {args.critic}", flush=True)
+    record(1, 0, model, None, {}, 0.0, 0)
+    ok = run_meta(args.meta_steps, 1)
+    meta_end = step
+    phase1_ce = rows[-1]["val/ce"]
+
+    # ---- phase 2: self training against the critic's argmax targets ----
+    guard_steps, hack_rows, segment = [], [], []     # segment: phase-2 evals since the last guard restore
+    self_time, self_count = 0.0, 0
+    if ok and args.self_steps > 0:
+        for group in optimizer.param_groups:
+            group["lr"] = args.self_learning_rate
+        ref = copy.deepcopy(model).eval().requires_grad_(False)          # the phase-2 starting model (KL)
+        critic = model if args.critic == "online" else copy.deepcopy(ref)  # frozen/ema: a copy of the start
+        eval_at = set(phase2_eval_steps(args.self_steps, args.eval_every))
+        best_state = None
+        acc, count, t0 = torch.zeros(2, device=device), 0, time.time()
+        for self_step in range(0, args.self_steps + 1):
+            if self_step > 0:
+                x, y = train_batch()
+                loss, agree = self_loss(model, critic, x, y, args.loss_id, banned)
+                optimizer_step(loss)
+                if args.critic == "ema":
+                    ema_update_(critic, model, args.ema_decay)
+                acc += torch.stack([loss.detach(), agree])
+                step, count = step + 1, count + 1
+            if self_step not in eval_at:
+                continue
+            dt = time.time() - t0
+            self_time, self_count = self_time + dt, self_count + count
+            m = (acc / max(count, 1)).tolist()
+            if not finite(acc):
+                status = f"non-finite loss at step {step} (self loss {m[0]})"
+                break
+            train_row = {"train/self_loss": m[0], "train/critic_agreement": m[1]} if count else {}
+            row = record(2, self_step, critic, ref, {**train_row, "guard/restores": len(guard_steps)}, dt, count)
+            samples.setdefault("phase2_start", row.get("_sample"))
+            hack_rows.append(row)
+            segment.append(row)
+            if args.hack_guard and (len(segment) == 1 or row["val/ce"] <= min(r["val/ce"] for r in segment[:-1])):
+                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+            if args.hack_guard and self_step < args.self_steps and detect_hack(
+                    [r["val/ce"] for r in segment], [r["val/self_loss"] for r in segment], args.hack_delta,
+                    args.hack_patience) is not None:
+                # restore the best weights of this segment, re-learn from true labels, re-take the critic
+                guard_steps.append(step)
+                model.load_state_dict(best_state[0])
+                optimizer.load_state_dict(best_state[1])
+                for group in optimizer.param_groups:
+                    group["lr"] = args.learning_rate
+                if not run_meta(args.guard_meta_steps, 2):
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = args.self_learning_rate
+                if args.critic != "online":
+                    critic.load_state_dict(model.state_dict())
+                print(f"  hack guard: restored the best weights, {args.guard_meta_steps} meta steps, critic re-taken",
+                      flush=True)
+                segment = [record(2, self_step, critic, ref, {"guard/restores": len(guard_steps)}, 0.0, 0)]
+                hack_rows.append(segment[0])
+                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+            acc, count, t0 = torch.zeros(2, device=device), 0, time.time()
+    wall_time = time.time() - start
+
+    # ---- hack detection on the whole phase-2 curve, summary, plot ----
+    ce_curve = [(r["self_step"], r["step"], r["val/ce"], r["val/self_loss"]) for r in hack_rows]
+    j = detect_hack([c[2] for c in ce_curve], [c[3] for c in ce_curve], args.hack_delta, args.hack_patience)
+    hack_self_step = None if j is None else ce_curve[j][0]
+    hack_global = None if j is None else ce_curve[j][1]
+    if j is not None:
+        samples["at_hack"] = hack_rows[j].get("_sample")
+    samples["end"] = rows[-1].get("_sample") if rows else None
+    samples["phase1_start"] = rows[0].get("_sample") if rows else None
+    p2 = [c[2] for c in ce_curve]
+    summary = {
+        "status": status, "critic": args.critic, "ema_decay": args.ema_decay, "adversarial": args.adversarial,
+        "hack_guard": args.hack_guard, "meta_steps": args.meta_steps, "self_steps": args.self_steps,
+        "seed": args.seed, "n_params": args.n_params, "n_vocab": args.n_vocab, "corpus": args.corpus,
+        "tokenizer": tok.kind, "tokenizer_path": tokenizer_path, "model_resized_from": model_info["resized_from"],
+        "hack_step": hack_self_step, "hack_global_step": hack_global,
+        "hack_rule": f"val CE > best + {args.hack_delta} for {args.hack_patience} evals while self loss < at best",
+        "val_ce_start": rows[0]["val/ce"] if rows else None, "val_ce_end_phase1": phase1_ce if rows else None,
+        "val_ce_phase2_best": min(p2) if p2 else None, "val_ce_end": p2[-1] if p2 else None,
+        "val_ce_end_minus_phase1": (p2[-1] - phase1_ce) if p2 else None,
+        "critic_agreement_end": hack_rows[-1]["val/critic_agreement"] if hack_rows else None,
+        "kl_from_start_end": hack_rows[-1].get("val/kl_from_start") if hack_rows else None,
+        "guard_restores": len(guard_steps), "guard_steps": guard_steps,
+        "ce_curve": [{"self_step": s, "step": g, "val_ce": c, "self_loss": sl} for s, g, c, sl in ce_curve],
+        "train_tokens_per_s_phase1": median_of(rows, 1, "perf/train_tokens_per_s"),
+        "train_tokens_per_s_phase2": median_of(rows, 2, "perf/train_tokens_per_s"),
+        "ms_per_meta_step": median_of(rows, 1, "perf/ms_per_step"),
+        "ms_per_self_step": median_of(rows, 2, "perf/ms_per_step"),
+        "gen_tokens_per_s": median_of(rows, None, "perf/gen_tokens_per_s"),
+        "samples": samples, "wall_time_s": wall_time,
+    }
+    log.summary(summary)
+    plot_run(rows, meta_end, hack_global, guard_steps, f"{run_name} (critic {args.critic})",
+             os.path.join(run_dir, "self_critic.png"))
+    log.close()
+    for name in ("phase2_start", "at_hack", "end"):
+        if samples.get(name):
+            print(f"sample {name}: {samples[name]!r}")
+    print(f"{run_name}: val CE {summary['val_ce_start']:.3f} -> {phase1_ce:.3f} (phase 1) -> "
+          f"{summary['val_ce_end'] if p2 else float('nan'):.3f} (phase 2), hack step {hack_self_step}, "
+          f"{wall_time:.1f} s -> {run_dir}")
+    if status != "ok":
+        sys.exit(f"self_critic_lm.py: stopped: {status}; metrics so far are in {run_dir}/metrics.jsonl")

@@ -1,0 +1,313 @@
+"""self_critic_lm.py: oracle tests of the critic input, EMA, hack detector, metrics and shared LM blocks;
+subprocess smoke tests of every critic mode and mitigation with a tiny model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import read_json, read_metrics
+
+import self_critic_lm as S
+
+SCRIPT = "self_critic_lm.py"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+TINY = ("--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--n-kv-head", "1", "--block-size", "16",
+        "--batch-size", "4", "--meta-steps", "10", "--self-steps", "12", "--eval-every", "5", "--eval-windows", "4",
+        "--sample-prompts", "1", "--sample-tokens", "8", "--learning-rate", "3e-3", "--torch-threads", "1")
+
+
+def tiny_args(**kw) -> S.Args:
+    args = S.Args(n_embd=32, n_layer=1, n_head=2, n_kv_head=1, block_size=16, **kw)
+    return S.finalize_args(args)
+
+
+class ShiftCopy(nn.Module):
+    """A fake causal LM whose logits at position t are a one-hot of the input token at t - 1 (a perfect
+    copy critic: at a [LOSS] position it outputs the true token y_i that sits just before it)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, input_ids, use_cache=False):
+        prev = torch.cat([input_ids[:, :1], input_ids[:, :-1]], dim=1)
+        return type("Out", (), {"logits": 10.0 * F.one_hot(prev, self.vocab).float()})
+
+
+# ------------------------------------------------------------------------------------------------
+# Critic input and losses
+# ------------------------------------------------------------------------------------------------
+def test_critic_input_interleaves_triples_and_loss_positions_line_up():
+    pred = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
+    true = torch.tensor([[30, 31, 32, 33], [40, 41, 42, 43]])
+    seq = S.critic_input(pred, true, loss_id=99)
+    assert seq.shape == (2, 12)
+    assert seq[0].tolist() == [10, 30, 99, 11, 31, 99, 12, 32, 99, 13, 33, 99]
+    pos = S.loss_positions(4)
+    assert pos.tolist() == [2, 5, 8, 11]
+    assert (seq[:, pos] == 99).all() and (seq == 99).sum() == 8
+    torch.testing.assert_close(seq[:, pos - 1], true)            # the true token sits right before each [LOSS]
+    torch.testing.assert_close(seq[:, pos - 2], pred)
+    # a perfect copy critic returns exactly the true tokens as targets, in order
+    targets = S.critic_logits(ShiftCopy(100), pred, true, 99).argmax(-1)
+    torch.testing.assert_close(targets, true)
+
+
+def test_self_loss_with_a_perfect_critic_is_the_true_ce():
+    torch.manual_seed(0)
+    vocab, banned = 50, torch.zeros(50, dtype=torch.bool)
+    banned[49] = True                                              # [LOSS]
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, vocab)
+
+        def forward(self, input_ids, use_cache=False):
+            return type("Out", (), {"logits": self.emb(input_ids)})
+
+    lm, x, y = LM(), torch.randint(0, 49, (3, 7)), torch.randint(0, 49, (3, 7))
+    loss, agree = S.self_loss(lm, ShiftCopy(vocab), x, y, 49, banned)
+    assert agree.item() == 1.0
+    ref = F.cross_entropy(lm.emb(x).reshape(-1, vocab), y.reshape(-1))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    loss.backward()
+    assert lm.emb.weight.grad is not None                         # gradient reaches the LM, not the critic
+
+
+def test_masked_argmax_and_adversarial_tokens_never_pick_banned_ids():
+    torch.manual_seed(0)
+    logits = torch.zeros(2, 50, 10)
+    logits[..., 3] = 100.0                                         # a banned id with the highest logit
+    banned = torch.zeros(10, dtype=torch.bool)
+    banned[[3, 9]] = True
+    assert not banned[S.masked_argmax(logits, banned)].any()
+    for p_random in (0.0, 0.5, 1.0):
+        drifted = S.adversarial_predictions(logits, banned, p_random, temperature=2.0)
+        assert drifted.shape == (2, 50) and not banned[drifted].any()
+    uniform = S.adversarial_predictions(torch.zeros(4, 20000, 10), banned, 1.0, 1.0)
+    freq = torch.bincount(uniform.flatten(), minlength=10).float() / uniform.numel()
+    np.testing.assert_allclose(freq[~banned].numpy(), 1 / 8, atol=0.01)
+
+
+def test_ema_update_matches_the_formula():
+    torch.manual_seed(0)
+    target, source = nn.Linear(3, 2), nn.Linear(3, 2)
+    t0 = [p.detach().clone() for p in target.parameters()]
+    S.ema_update_(target, source, 0.9)
+    for p, p0, q in zip(target.parameters(), t0, source.parameters()):
+        torch.testing.assert_close(p, 0.9 * p0 + 0.1 * q)
+    S.ema_update_(target, source, 0.0)                             # decay 0: a copy
+    for p, q in zip(target.parameters(), source.parameters()):
+        torch.testing.assert_close(p, q)
+    before = [p.detach().clone() for p in source.parameters()]
+    S.ema_update_(source, nn.Linear(3, 2), 1.0)                    # decay 1: frozen
+    for p, b in zip(source.parameters(), before):
+        torch.testing.assert_close(p, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hack detector and text metrics
+# ------------------------------------------------------------------------------------------------
+def test_hack_detector_fires_on_a_real_rise_and_not_on_noise():
+    rng = np.random.default_rng(0)
+    falling_self = list(np.linspace(2.0, 0.1, 40))
+    rise = [3.0 - 0.02 * i for i in range(15)] + [2.72 + 0.03 * i for i in range(1, 26)]   # best 2.72 at 14
+    j = S.detect_hack(rise, falling_self, delta=0.05, k=3)
+    assert j is not None and rise[j] > min(rise[:j]) + 0.05 and all(r > min(rise[:j]) + 0.05 for r in rise[j:j + 3])
+    assert j == 16                                                 # 2.78 is the first value above 2.72 + 0.05
+    for seed in range(20):                                         # flat and slowly falling CE with noise << delta
+        noise = np.random.default_rng(seed).normal(0, 0.01, 40)
+        assert S.detect_hack(list(2.5 + noise), falling_self, 0.05, 3) is None
+        assert S.detect_hack(list(np.linspace(3, 2, 40) + noise), falling_self, 0.05, 3) is None
+    # a single spike is not a rise that "stays"
+    spiky = [2.5] * 40
+    spiky[20] = 4.0
+    assert S.detect_hack(spiky, falling_self, 0.05, 3) is None
+    # CE rises but the proxy rises too: that is divergence, not hacking
+    assert S.detect_hack(rise, list(np.linspace(0.1, 2.0, 40)), 0.05, 3) is None
+    assert S.detect_hack(rise[:16], falling_self, 0.05, 3) is None   # too short to confirm
+    assert S.detect_hack(list(rng.normal(0, 1, 2)), [0, 0], 0.05, 3) is None
+
+
+def test_distinct_and_repetition_by_hand():
+    assert S.distinct_n([[1, 2, 3, 4]], 1) == 1.0
+    assert S.distinct_n([[1, 1, 1, 1]], 1) == 0.25
+    assert S.distinct_n([[1, 2, 1, 2, 1]], 2) == pytest.approx(2 / 4)
+    assert S.distinct_n([[1, 2], [3, 3]], 1) == pytest.approx((1 + 0.5) / 2)
+    assert S.repetition_rate([[5, 6, 7, 8, 9]], 4) == 0.0
+    assert S.repetition_rate([[1, 2, 3, 4] * 5], 4) == pytest.approx(1 - 4 / 17)
+
+
+def test_kl_from_reference():
+    logits = torch.randn(2, 3, 7)
+    assert S.kl_from_reference(logits, logits).item() == pytest.approx(0.0, abs=1e-6)
+    p, q = torch.softmax(logits, -1), torch.softmax(logits.flip(-1), -1)
+    ref = (p * (p.log() - q.log())).sum(-1).mean()
+    assert S.kl_from_reference(logits, logits.flip(-1)).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_phase2_eval_schedule_is_dense_first():
+    assert S.phase2_eval_steps(100, 25) == [0, 1, 2, 4, 8, 16, 25, 50, 75, 100]
+    assert S.phase2_eval_steps(30, 25) == [0, 1, 2, 4, 8, 16, 25, 30]
+    assert S.phase2_eval_steps(3, 25) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared LM blocks: corpus, tokenizer, model
+# ------------------------------------------------------------------------------------------------
+def test_corpus_split_and_byte_tokenizer_with_loss_token():
+    args = tiny_args()
+    train_text, val_text, source = S.load_corpus(args)
+    assert "pydoc_data" in source and len(val_text) == int((len(train_text) + len(val_text)) * 0.1)
+    tok = S.build_tokenizer(args, train_text, S.SPECIALS)
+    assert tok.n_vocab == 257 and tok.special_ids == {"[LOSS]": 256}
+    ids = tok.encode(val_text[:500])
+    assert max(ids) < 256 and tok.decode(ids) == val_text[:500]
+    assert tok.decode([104, 105, 256]) == "hi[LOSS]"
+    g = torch.Generator().manual_seed(0)
+    data = torch.arange(100)
+    w = S.sample_windows(data, 5, 7, g)
+    assert w.shape == (5, 7) and ((w[:, 1:] - w[:, :-1]) == 1).all()
+
+
+def test_bpe_tokenizer_trains_saves_and_reloads(tmp_path):
+    args = tiny_args(tokenizer="bpe", vocab_size=300)
+    train_text, val_text, _ = S.load_corpus(args)
+    tok = S.build_tokenizer(args, train_text, S.SPECIALS)
+    assert tok.n_vocab == 300 and "[LOSS]" in tok.special_ids
+    ids = tok.encode(val_text[:1000])
+    assert tok.decode(ids) == val_text[:1000] and len(ids) < 1000       # round trip, and it compresses
+    path = tok.save(str(tmp_path))
+    again = S.build_tokenizer(tiny_args(tokenizer=path), "unused", S.SPECIALS)
+    assert again.encode(val_text[:1000]) == ids and again.special_ids == tok.special_ids
+    loss_id = tok.special_ids["[LOSS]"]
+    assert tok.encode("[LOSS]") == [loss_id]
+
+
+def test_loss_token_is_added_and_pretrained_embeddings_resized(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
+    args = tiny_args(model_name_or_path=str(tmp_path / "ckpt"))
+    model, info = S.build_lm(args, 257, 48)
+    assert info["resized_from"] == 256 and info["n_rows"] == 257
+    assert model.get_input_embeddings().weight.shape[0] == 257
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert model(torch.tensor([[1, 256, 2]])).logits.shape == (1, 3, 257)
+    with pytest.raises(ValueError, match="has a context of 64"):
+        S.build_lm(args, 257, 96)
+    scratch, info = S.build_lm(tiny_args(), 257, 48, attn_implementation="eager")
+    assert info["resized_from"] is None and scratch.config.num_key_value_heads == 1
+    assert scratch.config.tie_word_embeddings and scratch.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"critic": "greedy"}, "unknown --critic 'greedy'"),
+    ({"model_name_or_path": "/no/such/model"}, "does not exist"),
+    ({"n_head": 4, "n_kv_head": 3}, "does not divide"),
+    ({"ema_decay": 1.5}, "--ema-decay must lie in [0, 1]"),
+])
+def test_finalize_rejects_bad_arguments(kw, message):
+    base = dict(n_embd=32, n_layer=1, n_head=2, n_kv_head=1, block_size=16)
+    with pytest.raises(ValueError) as e:
+        S.finalize_args(S.Args(**{**base, **kw}))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_prepare_rejects_short_text_missing_datasets_and_small_context(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("x" * 30)                                     # 27 train / 3 validation bytes
+    with pytest.raises(ValueError, match="too short for --block-size 16"):
+        S.prepare(tiny_args(text_path=str(short)), torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs the `datasets` package"):
+        S.prepare(tiny_args(hf_dataset="roneneldan/TinyStories"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="is not a file"):
+        S.prepare(tiny_args(text_path=str(tmp_path)), torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Smoke runs (subprocess, temporary directory)
+# ------------------------------------------------------------------------------------------------
+def comparable(rows):
+    """Metric rows without the wall-clock-dependent columns."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_online_run_outputs_phase1_learns_and_is_deterministic(run):
+    proc, run_dir = run(SCRIPT, *TINY, "--critic", "online", extra_env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    rows, summary = read_metrics(run_dir), read_json(run_dir / "summary.json")
+    assert (run_dir / "self_critic.png").stat().st_size > 1000 and (run_dir / "config.json").exists()
+    phase1 = [r for r in rows if r["phase"] == 1]
+    assert phase1[-1]["val/ce"] < phase1[0]["val/ce"] - 0.3          # a tiny phase 1 lowers validation CE
+    assert summary["val_ce_end_phase1"] < summary["val_ce_start"]
+    phase2 = [r for r in rows if r["phase"] == 2]
+    assert [r["self_step"] for r in phase2] == S.phase2_eval_steps(12, 5)
+    for key in ("val/ce", "val/self_loss", "val/critic_agreement", "val/kl_from_start", "gen/distinct_1",
+                "gen/distinct_2", "gen/repetition_rate", "perf/gen_tokens_per_s"):
+        assert key in phase2[-1], key
+    assert phase2[0]["val/kl_from_start"] == pytest.approx(0.0, abs=1e-5)
+    assert rows[-1]["step"] == 10 + 12 and len(summary["ce_curve"]) == len(phase2)
+    assert "sample phase2_start" in proc.stdout and "sample end" in proc.stdout
+    proc2, run_dir2 = run(SCRIPT, *TINY, "--critic", "online", extra_env=OFFLINE)
+    assert proc2.returncode == 0, proc2.stderr
+    assert comparable(read_metrics(run_dir2)) == comparable(rows)
+
+
+def test_frozen_adversarial_guard_with_bpe_and_tracking(run):
+    proc, run_dir = run(SCRIPT, *TINY, "--critic", "frozen", "--adversarial", "True", "--hack-guard", "True",
+                        "--guard-meta-steps", "3", "--self-steps", "40", "--learning-rate", "1e-2",
+                        "--tokenizer", "bpe", "--vocab-size", "300", "--track=True", "--wandb-project-name", "test",
+                        extra_env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    rows, summary = read_metrics(run_dir), read_json(run_dir / "summary.json")
+    assert all(r["train/adv_critic_ce"] > 0 for r in rows if "train/adv_critic_ce" in r)
+    assert summary["n_vocab"] == 300 and (run_dir / "tokenizer.json").exists()
+    assert summary["guard_restores"] >= 1 and "hack guard: restored" in proc.stdout
+    # each restore adds its meta steps to the global step count, not to the self steps
+    assert rows[-1]["step"] == 10 + 40 + 3 * summary["guard_restores"] and rows[-1]["self_step"] == 40
+    assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_ema_critic_on_a_local_pretrained_checkpoint_and_text_file(run, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
+    text = tmp_path / "corpus.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
+    proc, run_dir = run(SCRIPT, *TINY, "--critic", "ema", "--ema-decay", "0.9", "--model-name-or-path",
+                        str(tmp_path / "ckpt"), "--text-path", str(text), extra_env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr
+    summary = read_json(run_dir / "summary.json")
+    assert summary["model_resized_from"] == 256 and summary["n_vocab"] == 257 and "corpus.txt" in summary["corpus"]
+    assert summary["val_ce_end_phase1"] < summary["val_ce_start"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--critic", "greedy"), "unknown --critic 'greedy'"),
+    (("--text-path", "EMPTY"), "is empty"),
+])
+def test_bad_input_fails_fast_with_one_line(run, tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("  \n")
+    args = tuple(str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in args)
+    proc, run_dir = run(SCRIPT, *args, extra_env=OFFLINE)
+    assert proc.returncode != 0 and run_dir is None
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_log(run):
+    proc, run_dir = run(SCRIPT, *TINY, "--learning-rate", "inf", extra_env=OFFLINE)
+    assert proc.returncode != 0 and "non-finite loss" in proc.stderr
+    assert read_metrics(run_dir)                                   # the step-0 evaluation row survives
+    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
