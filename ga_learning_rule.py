@@ -1,0 +1,1097 @@
+"""ga_learning_rule.py: a genetic algorithm evolves a learning rule that trains an actor during its lifetime.
+
+Question (seed 003, ASFaust/MetaRL "Learning to learn with Genetic Algorithms"): can a GA find the
+parameters of a small message-passing "learning-rule network" such that a freshly initialised
+actor, updated by that rule after every action, learns to control its environment within one
+lifetime? The original reported "it doesn't work (yet)"; this script is the version that can say
+why, with the controls that separate lifetime learning from a rule that merely drives the weights
+to a fixed policy.
+
+Everything is batched over B = population x lifetimes: dimension 0 of every tensor is one
+(individual, lifetime) pair, on the chosen device, under torch.inference_mode (no autograd).
+
+Actor (per individual, shape --actor-shape, default [7, 8, 8, 2]): for each layer l
+    z = x W_l + b_l,   z^ = z + sigma_l * eps (eps ~ N(0, 1), shared by the population),   y = tanh(z^)
+    node info of a neuron: [z, z^, y, b, sigma] (5 numbers); the action is the last layer's y.
+    W, b are clipped to +-weight_limit, sigma to [0, sigma_limit]. Fresh draw per lifetime:
+    W, b ~ N(0, (weight_init * weight_limit)^2), sigma = sigma_init.
+
+Rule "mpnn" (the seed's message-passing network; every individual has its own 123 numbers
+with the default signal_dim 1, state_dim 2). A cell with persistent state s, zero at birth:
+    cell(x, s):  s' = tanh(Ws [s, x] + bs),   out = tanh(Wo [s', x] + bo)
+Each env step, after the reward r arrives, layers are processed last -> first:
+    node cell on every post neuron j of layer l:
+        x_j = [info_j (5), g_j (S), r, is_action_j]      ->  out = [g'_j (S), db_j, dsigma_j]
+        g_j is the learning signal arriving from layer l+1 (zeros for the last layer).
+        b_j += lr db_j (clip +-weight_limit);  sigma_j = clip(sigma_j + lr dsigma_j, 0, sigma_limit)
+    connection cell on every synapse i -> j of layer l (own state per synapse):
+        x_ij = [info_j (5, with the new b, sigma), info_i (5), g'_j (S), w_ij, r, is_input_layer]
+        out  = [m_ij (S), dw_ij];   w_ij += lr dw_ij (clip +-weight_limit)
+        (info_i of the input layer: zeros except the "y" slot, which holds the observation)
+    signal sent to layer l-1:  g_i = mean_j m_ij
+All cell outputs are tanh-bounded, so |change| <= lr per step (the seed's lr = 0.01).
+
+Rule "abcd" (Najarro & Risi 2020, with a third, reward factor): per synapse (bias = synapse from
+a constant input 1) eight evolved numbers (A, B, C, D, A', B', C', D'):
+    h  = A pre post + B pre + C post + D,   h' = A' pre post + B' pre + C' post + D'
+    dw = lr * clip(h + m h', -1, 1),   m = clip((r - rbar) / (sqrt(v) + 1e-8), -3, 3)
+    rbar <- rbar + 0.05 (r - rbar),  v <- v + 0.05 ((r - rbar)^2 - v)     (after m is computed)
+pre = layer input (the observation for layer 0), post = y. sigma is not plastic under this rule.
+m = 0 with the reward zeroed, so h alone is Najarro's reward-free rule.
+
+GA: the genome (rule parameters, or with --evolve actor the actor's own W, b [, sigma], rule off)
+of P individuals, initialised N(0, init_std^2). Fitness = return summed over a whole lifetime of
+--steps steps, mean (or min) over --evals-per-gen lifetimes. All individuals of a generation share
+the lifetimes' seeds (layouts, actor draws, noise: common random numbers); new seeds each
+generation. Truncation: the top --num-survivors are parents; the top --num-elites are copied
+unmutated (and re-evaluated next generation); every other child copies a uniformly drawn parent,
+with probability --crossover-rate takes each gene from a second parent with probability 1/2, then
+each gene gets + N(0, mutation_strength^2) with probability mutation_probability. NaN fitness is
+the worst fitness and is counted. --elitism original reproduces the seed's grouped copying (rows
+0..S-1 unmutated, which are 50 copies each of only the top 4 at P/S = 50).
+
+Environments (batched torch, float32):
+  foodworld        7-d obs [x, y, vx, vy, food_x, food_y, count]; action = 2-d force in [-0.01, 0.01];
+                   v <- 0.9 v + a (|v| <= 10); p <- p + v; walls at +-2 (clamp, v_axis *= -0.9);
+                   food eaten within 0.1 -> count + 1 and the food rotates by a fixed angle about
+                   the origin onto the unit circle. value = count - distance, reward = value change.
+                   --food-layout fixed: food starts at (1,-1)/sqrt2 and rotates by atan2(0.95, 0.3)
+                   (the seed's); random: start angle U[0, 2pi), step +-U[pi/3, pi] per lifetime.
+  pendulum         theta'' = -(g/l) sin theta + tau/(m l^2) - b omega (theta = 0 hangs down), RK4,
+                   starts upright; obs [sin, cos, omega]; reward 1 - cos theta.
+  double_pendulum  point masses m1 = m2 = 1 on rods l1 = l2 = 1, Lagrangian mass-matrix form, torque
+                   on joint 1, viscous joint friction b, RK4; obs [sin1, cos1, w1, sin2, cos2, w2];
+                   reward (1 - cos theta1) + (1 - cos theta2).
+  cartpole         gymnasium's CartPole-v1 physics (Euler, force +-10 by the sign of the action);
+                   reward 1 per step the pole stays up, 0 on the step it falls; then it resets.
+
+Run:      python ga_learning_rule.py                        # mpnn rule, FoodWorld, P = 1000, 30 gen.
+          python ga_learning_rule.py --evolve actor         # the sanity check: evolve the actor itself
+          python ga_learning_rule.py --rule abcd
+          python ga_learning_rule.py --show runs/RUN/best/gen0029.json   # GIF of a saved individual
+          GPU:  python ga_learning_rule.py --population-size 10000 --num-survivors 200 --num-elites 20
+Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: generation), summary.json (held-out
+          controls), best/genNNNN.json, fitness.png, trajectory.png; with --show: show.gif.
+Runtime:  defaults (P = 1000, 2 lifetimes x 200 steps, 30 generations) take a few minutes on one
+          CPU thread; see README for measured speed and the results.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import tyro
+
+
+@dataclass
+class Args:
+    # ---- infrastructure ----
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of the experiment; the run folder is runs/{exp_name}__{seed}__{unix time}"""
+    seed: int = 1
+    """seed of the GA, the training lifetimes and the held-out lifetimes"""
+    torch_deterministic: bool = True
+    """set torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA if it is available (permission, not demand)"""
+    track: bool = False
+    """mirror every metric to Weights & Biases (works with WANDB_MODE=offline)"""
+    wandb_project_name: str = "metalearning"
+    """W&B project name"""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team); None uses the default"""
+
+    # ---- what is evolved ----
+    env: str = "foodworld"
+    """environment: foodworld, pendulum, double_pendulum or cartpole"""
+    evolve: str = "rule"
+    """rule: evolve the learning rule (the actor starts fresh every lifetime); actor: evolve the actor's weights, rule off"""
+    rule: str = "mpnn"
+    """learning-rule family: mpnn (the seed's message-passing cells) or abcd (reward-modulated Hebbian)"""
+    food_layout: str = "random"
+    """foodworld food placement per training lifetime: fixed (the seed's) or random"""
+    steps: int = 200
+    """environment steps per lifetime"""
+    dt: float = 0.05
+    """RK4 step of the pendulums (s)"""
+    damping: float = 0.1
+    """viscous damping of the pendulums' joints"""
+
+    # ---- actor ----
+    actor_shape: list[int] = field(default_factory=lambda: [7, 8, 8, 2])
+    """layer sizes of the actor, observation first, action last"""
+    weight_limit: float = 4.0
+    """weights and biases are clipped to +- this"""
+    weight_init: float = 0.001
+    """fresh actors draw W, b ~ N(0, (weight_init * weight_limit)^2)"""
+    sigma_init: float = 0.0
+    """initial per-neuron noise std"""
+    sigma_limit: float = 0.0
+    """noise std is clipped to [0, sigma_limit]; 0 makes the actor deterministic"""
+
+    # ---- learning rule ----
+    rule_lr: float = 0.01
+    """largest change of a weight, bias or sigma per step"""
+    signal_dim: int = 1
+    """mpnn: size of the backward learning signal"""
+    state_dim: int = 2
+    """mpnn: recurrent state per neuron and per synapse"""
+
+    # ---- genetic algorithm ----
+    population_size: int = 1000
+    """individuals P"""
+    num_survivors: int = 100
+    """truncation: the best S are the parents"""
+    num_elites: int = 10
+    """the best k are copied unmutated and re-evaluated (--elitism topk)"""
+    elitism: str = "topk"
+    """topk, or original: the seed's grouped copying where rows < S stay unmutated"""
+    generations: int = 30
+    """generations"""
+    evals_per_gen: int = 2
+    """lifetimes per individual per generation (shared by all individuals)"""
+    fitness_agg: str = "mean"
+    """mean or min of the lifetime returns"""
+    mutation_probability: float = 0.1
+    """probability that a gene is mutated"""
+    mutation_strength: float = 0.1
+    """std of the Gaussian added to a mutated gene"""
+    crossover_rate: float = 0.0
+    """probability that a child is a uniform crossover of two parents"""
+    init_std: float = 1.0
+    """std of the initial genomes"""
+
+    # ---- evaluation and outputs ----
+    eval_lifetimes: int = 32
+    """held-out lifetimes (unseen random layouts) for the final controls"""
+    show: Optional[str] = None
+    """replay a saved individual (best/genNNNN.json) for one lifetime and write show.gif instead of evolving"""
+    gif_stride: int = 2
+    """--show: draw every n-th step"""
+    torch_threads: int = 1
+    """torch CPU threads; one is fastest on a small shared CPU"""
+
+    # ---- derived at runtime ----
+    genome_size: tyro.conf.Suppress[int] = 0
+    """numbers per genome"""
+
+
+ENVS = ("foodworld", "pendulum", "double_pendulum", "cartpole")
+RULES = ("mpnn", "abcd")
+# fields that describe a saved individual; --show takes them from the file, not from the command line
+STRUCTURAL = ("env", "evolve", "rule", "dt", "damping", "actor_shape", "weight_limit", "weight_init", "sigma_init",
+              "sigma_limit", "rule_lr", "signal_dim", "state_dim", "genome_size")
+
+
+def finalize_args(args: Args) -> Args:
+    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
+    if args.env not in ENVS:
+        raise ValueError(f"unknown --env {args.env!r}; choose one of {', '.join(ENVS)}")
+    if args.rule not in RULES:
+        raise ValueError(f"unknown --rule {args.rule!r}; choose one of {', '.join(RULES)}")
+    choices = {"evolve": ("rule", "actor"), "food_layout": ("fixed", "random"), "elitism": ("topk", "original"),
+               "fitness_agg": ("mean", "min")}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(args, name)!r}; choose one of {', '.join(allowed)}")
+    obs_dim, act_dim = ENV_DIMS[args.env]
+    shape = args.actor_shape
+    if len(shape) < 2 or min(shape) <= 0:
+        raise ValueError(f"--actor-shape needs at least two positive sizes, got {shape}")
+    if shape[0] != obs_dim or shape[-1] != act_dim:
+        raise ValueError(f"--actor-shape {shape} must start with {obs_dim} (observation) and end with {act_dim} "
+                         f"(action) for --env {args.env}")
+    for name in ("population_size", "num_survivors", "generations", "evals_per_gen", "steps", "eval_lifetimes",
+                 "signal_dim", "state_dim", "torch_threads", "gif_stride"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.num_survivors > args.population_size:
+        raise ValueError(f"--num-survivors {args.num_survivors} exceeds --population-size {args.population_size}")
+    if not 0 <= args.num_elites <= args.num_survivors:
+        raise ValueError(f"--num-elites must lie in [0, --num-survivors = {args.num_survivors}], got {args.num_elites}")
+    for name in ("mutation_probability", "crossover_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    for name in ("mutation_strength", "init_std", "weight_init", "sigma_init", "sigma_limit", "rule_lr", "dt"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
+    if args.weight_limit <= 0:
+        raise ValueError(f"--weight-limit must be positive, got {args.weight_limit}")
+    if args.show is not None and not os.path.isfile(args.show):
+        raise ValueError(f"--show {args.show!r} is not a file")
+    args.genome_size = genome_size(args)
+    return args
+
+
+# ==================================================================================================
+# Environments: batched over B = individuals x lifetimes. initial_state(K, gen) draws K lifetimes'
+# starts; reset(state) loads a (B, .) batch; step(action in [-1, 1]) -> reward (B,).
+# ==================================================================================================
+ENV_DIMS = {"foodworld": (7, 2), "pendulum": (3, 1), "double_pendulum": (6, 1), "cartpole": (4, 1)}
+G = 9.81
+SEED_FOOD_STEP = math.atan2(0.95, 0.3)   # the seed's rotation matrix [[0.3, -0.95], [0.95, 0.3]], as an angle
+
+
+class FoodWorld:
+    """state (B, 7) = [x, y, vx, vy, food_x, food_y, count] (also the observation); rot (B, 2) = the
+    lifetime's relocation rotation [cos, sin]."""
+    ACCEL, DRAG, MAX_SPEED, WALL, BOUNCE, EAT_RADIUS = 0.01, 0.9, 10.0, 2.0, -0.9, 0.1
+
+    def __init__(self, layout: str = "random", **_):
+        self.layout = layout
+
+    def initial_state(self, k: int, gen: torch.Generator, device) -> torch.Tensor:
+        """(K, 9): the 7-d state plus [cos, sin] of the food's relocation step."""
+        if self.layout == "fixed":
+            phi0 = torch.full((k,), -math.pi / 4, device=device)
+            step = torch.full((k,), SEED_FOOD_STEP, device=device)
+        else:
+            phi0 = torch.rand(k, generator=gen, device=device) * 2 * math.pi
+            sign = torch.randint(0, 2, (k,), generator=gen, device=device) * 2 - 1
+            step = sign * (math.pi / 3 + torch.rand(k, generator=gen, device=device) * (2 * math.pi / 3))
+        s = torch.zeros(k, 9, device=device)
+        s[:, 4], s[:, 5] = torch.cos(phi0), torch.sin(phi0)
+        s[:, 7], s[:, 8] = torch.cos(step), torch.sin(step)
+        return s
+
+    def reset(self, state: torch.Tensor) -> None:
+        self.s, self.rot = state[:, :7].clone(), state[:, 7:].clone()
+        self.value = self.current_value()
+
+    @property
+    def obs(self) -> torch.Tensor:
+        return self.s
+
+    def current_value(self) -> torch.Tensor:
+        return self.s[:, 6] - torch.linalg.vector_norm(self.s[:, 4:6] - self.s[:, 0:2], dim=1)
+
+    def step(self, action: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        vel = self.DRAG * s[:, 2:4] + self.ACCEL * action
+        speed = torch.linalg.vector_norm(vel, dim=1, keepdim=True)
+        vel = vel * torch.clamp(self.MAX_SPEED / speed.clamp_min(1e-12), max=1.0)
+        pos = s[:, 0:2] + vel
+        hit = pos.abs() > self.WALL
+        s[:, 0:2] = pos.clamp(-self.WALL, self.WALL)
+        s[:, 2:4] = torch.where(hit, self.BOUNCE * vel, vel)
+        eaten = torch.linalg.vector_norm(s[:, 4:6] - s[:, 0:2], dim=1) < self.EAT_RADIUS
+        s[:, 6] += eaten
+        s[:, 4:6] = torch.where(eaten[:, None], relocate_food(s[:, 4:6], self.rot), s[:, 4:6])
+        value = self.current_value()
+        reward, self.value = value - self.value, value
+        return reward
+
+    def positions(self) -> torch.Tensor:
+        return self.s[:, [0, 1, 4, 5, 6]]
+
+
+def relocate_food(food: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, 2) food positions by the angle whose [cos, sin] is rot (B, 2), onto the unit circle.
+    (The seed updated x in place and then used the new x for y: not a rotation.)"""
+    c, s = rot[:, 0], rot[:, 1]
+    new = torch.stack([c * food[:, 0] - s * food[:, 1], s * food[:, 0] + c * food[:, 1]], dim=1)
+    return new / torch.linalg.vector_norm(new, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def rk4(f, y: torch.Tensor, u: torch.Tensor, dt: float) -> torch.Tensor:
+    k1 = f(y, u)
+    k2 = f(y + 0.5 * dt * k1, u)
+    k3 = f(y + 0.5 * dt * k2, u)
+    k4 = f(y + dt * k3, u)
+    return y + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+class Pendulum:
+    """state (B, 2) = [theta, omega]; theta = 0 hangs down; l = m = 1; torque = action (N m)."""
+    START = math.pi * 1.00001  # upright, as in the seed
+
+    def __init__(self, dt: float = 0.05, damping: float = 0.1, **_):
+        self.dt, self.damping = dt, damping
+
+    def initial_state(self, k, gen, device):
+        return torch.tensor([self.START, 0.0], device=device).repeat(k, 1)
+
+    def reset(self, state):
+        self.s = state.clone()
+
+    def deriv(self, y, u):
+        return torch.stack([y[:, 1], -G * torch.sin(y[:, 0]) + u[:, 0] - self.damping * y[:, 1]], dim=1)
+
+    @property
+    def obs(self):
+        return torch.stack([torch.sin(self.s[:, 0]), torch.cos(self.s[:, 0]), self.s[:, 1]], dim=1)
+
+    def step(self, action):
+        self.s = rk4(self.deriv, self.s, action, self.dt)
+        self.s[:, 0] = torch.remainder(self.s[:, 0] + math.pi, 2 * math.pi) - math.pi
+        return 1.0 - torch.cos(self.s[:, 0])
+
+    def positions(self):
+        return self.s
+
+    @staticmethod
+    def energy(s):
+        return 0.5 * s[:, 1] ** 2 + G * (1 - torch.cos(s[:, 0]))
+
+
+class DoublePendulum(Pendulum):
+    """state (B, 4) = [theta1, omega1, theta2, omega2], absolute angles from the downward vertical;
+    m1 = m2 = l1 = l2 = 1. M(theta) theta'' = Q with
+        M = [[2, cos d], [cos d, 1]],  d = theta1 - theta2
+        Q1 = -omega2^2 sin d - 2 g sin theta1 + tau - b omega1 + b (omega2 - omega1)
+        Q2 =  omega1^2 sin d -   g sin theta2           - b (omega2 - omega1)"""
+
+    def initial_state(self, k, gen, device):
+        return torch.tensor([self.START, 0.0, math.pi, 0.0], device=device).repeat(k, 1)
+
+    def deriv(self, y, u):
+        t1, w1, t2, w2 = y.unbind(1)
+        d = t1 - t2
+        c, s = torch.cos(d), torch.sin(d)
+        rel = self.damping * (w2 - w1)
+        q1 = -w2 * w2 * s - 2 * G * torch.sin(t1) + u[:, 0] - self.damping * w1 + rel
+        q2 = w1 * w1 * s - G * torch.sin(t2) - rel
+        det = 2.0 - c * c
+        return torch.stack([w1, (q1 - c * q2) / det, w2, (2.0 * q2 - c * q1) / det], dim=1)
+
+    @property
+    def obs(self):
+        t1, w1, t2, w2 = self.s.unbind(1)
+        return torch.stack([torch.sin(t1), torch.cos(t1), w1, torch.sin(t2), torch.cos(t2), w2], dim=1)
+
+    def step(self, action):
+        self.s = rk4(self.deriv, self.s, action, self.dt)
+        self.s[:, 0::2] = torch.remainder(self.s[:, 0::2] + math.pi, 2 * math.pi) - math.pi
+        return 2.0 - torch.cos(self.s[:, 0]) - torch.cos(self.s[:, 2])
+
+    @staticmethod
+    def energy(s):
+        t1, w1, t2, w2 = s.unbind(1)
+        kinetic = w1 * w1 + 0.5 * w2 * w2 + w1 * w2 * torch.cos(t1 - t2)
+        return kinetic - 2 * G * torch.cos(t1) - G * torch.cos(t2)
+
+
+class CartPole:
+    """gymnasium CartPole-v1 physics, batched; state (B, 4) = [x, x_dot, theta, theta_dot] (also the obs).
+    A fallen pole earns 0 on that step and restarts from U(-0.05, 0.05)^4; otherwise 1 per step."""
+    GRAVITY, MASSCART, MASSPOLE, LENGTH, FORCE, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
+    X_LIMIT, THETA_LIMIT = 2.4, 12 * 2 * math.pi / 360
+
+    def __init__(self, **_):
+        self.gen = None
+
+    def initial_state(self, k, gen, device):
+        return torch.rand(k, 4, generator=gen, device=device) * 0.1 - 0.05
+
+    def reset(self, state, gen: Optional[torch.Generator] = None):
+        self.s = state.clone()
+        self.gen = gen
+
+    @property
+    def obs(self):
+        return self.s
+
+    @classmethod
+    def physics(cls, s: torch.Tensor, push_right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Euler step of gymnasium's equations: (next state, terminated)."""
+        x, x_dot, th, th_dot = s.unbind(1)
+        total, pml = cls.MASSCART + cls.MASSPOLE, cls.MASSPOLE * cls.LENGTH
+        force = torch.where(push_right, cls.FORCE, -cls.FORCE)
+        cos, sin = torch.cos(th), torch.sin(th)
+        temp = (force + pml * th_dot ** 2 * sin) / total
+        th_acc = (cls.GRAVITY * sin - cos * temp) / (cls.LENGTH * (4.0 / 3.0 - cls.MASSPOLE * cos ** 2 / total))
+        x_acc = temp - pml * th_acc * cos / total
+        new = torch.stack([x + cls.TAU * x_dot, x_dot + cls.TAU * x_acc, th + cls.TAU * th_dot,
+                           th_dot + cls.TAU * th_acc], dim=1)
+        fallen = (new[:, 0].abs() > cls.X_LIMIT) | (new[:, 2].abs() > cls.THETA_LIMIT)
+        return new, fallen
+
+    def step(self, action):
+        self.s, fallen = self.physics(self.s, action[:, 0] > 0)
+        fresh = torch.rand(self.s.shape, generator=self.gen, device=self.s.device) * 0.1 - 0.05
+        self.s = torch.where(fallen[:, None], fresh, self.s)
+        return (~fallen).float()
+
+    def positions(self):
+        return self.s
+
+
+ENV_CLASSES = {"foodworld": FoodWorld, "pendulum": Pendulum, "double_pendulum": DoublePendulum, "cartpole": CartPole}
+
+
+def make_env(args: Args, layout: Optional[str] = None):
+    return ENV_CLASSES[args.env](layout=layout or args.food_layout, dt=args.dt, damping=args.damping)
+
+
+def push_toward_food(obs: torch.Tensor, kp: float = 10.0, kd: float = 30.0) -> torch.Tensor:
+    """Hand-written FoodWorld controller: force = clip(kp (food - pos) - kd v, -1, 1) (a damped PD push)."""
+    return (kp * (obs[:, 4:6] - obs[:, 0:2]) - kd * obs[:, 2:4]).clamp(-1.0, 1.0)
+
+
+# ==================================================================================================
+# Actor: a batched tanh MLP whose weights, biases and noise stds belong to each (individual, lifetime).
+# ==================================================================================================
+class Actor:
+    def __init__(self, weights: list, biases: list, sigmas: list, weight_limit: float, sigma_limit: float):
+        self.W, self.b, self.sigma = weights, biases, sigmas
+        self.weight_limit, self.sigma_limit = weight_limit, sigma_limit
+
+    def forward(self, obs: torch.Tensor, noise: Optional[list] = None):
+        """action (B, out) and the trace [(x, z, z^, y)] per layer that the rules read.
+        noise: per layer (K, n) standard normals shared by the P individuals (b = p*K + k)."""
+        x, trace = obs, []
+        for li, (w, b, sig) in enumerate(zip(self.W, self.b, self.sigma)):
+            z = torch.baddbmm(b.unsqueeze(1), x.unsqueeze(1), w).squeeze(1)
+            if noise is None:
+                zhat = z
+            else:
+                eps = noise[li]
+                zhat = (z.view(-1, eps.shape[0], eps.shape[1]) + sig.view(-1, *eps.shape) * eps).view_as(z)
+            y = torch.tanh(zhat)
+            trace.append((x, z, zhat, y))
+            x = y
+        return x, trace
+
+
+def actor_layer_shapes(shape: list[int]) -> list[tuple[int, int]]:
+    return list(zip(shape[:-1], shape[1:]))
+
+
+def fresh_actor(shape: list[int], k: int, p: int, args: Args, gen: torch.Generator, device) -> Actor:
+    """K lifetimes' fresh actors, repeated for the P individuals (row b = p*K + k)."""
+    std = args.weight_init * args.weight_limit
+    weights, biases, sigmas = [], [], []
+    for n_in, n_out in actor_layer_shapes(shape):
+        w = (torch.randn(k, n_in, n_out, generator=gen, device=device) * std).clamp(-args.weight_limit, args.weight_limit)
+        b = (torch.randn(k, n_out, generator=gen, device=device) * std).clamp(-args.weight_limit, args.weight_limit)
+        weights.append(w.repeat(p, 1, 1))
+        biases.append(b.repeat(p, 1))
+        sigmas.append(torch.full((k * p, n_out), min(args.sigma_init, args.sigma_limit), device=device))
+    return Actor(weights, biases, sigmas, args.weight_limit, args.sigma_limit)
+
+
+def actor_from_genome(genome: torch.Tensor, shape: list[int], k: int, args: Args) -> Actor:
+    """--evolve actor: the genome (P, D) is [W_1, b_1, ..., W_L, b_L (, sigma_1..L)], repeated K times."""
+    g = genome.repeat_interleave(k, dim=0)
+    parts = unpack(g, actor_param_shapes(shape, args.sigma_limit > 0))
+    lim = args.weight_limit
+    weights = [parts[f"W{l}"].clamp(-lim, lim) for l in range(len(shape) - 1)]
+    biases = [parts[f"b{l}"].clamp(-lim, lim) for l in range(len(shape) - 1)]
+    if args.sigma_limit > 0:
+        sigmas = [parts[f"s{l}"].clamp(0.0, args.sigma_limit) for l in range(len(shape) - 1)]
+    else:
+        sigmas = [torch.zeros_like(b) for b in biases]
+    return Actor(weights, biases, sigmas, lim, args.sigma_limit)
+
+
+# ==================================================================================================
+# Genome layouts
+# ==================================================================================================
+NODE_INFO = 5  # [z, z^, y, b, sigma]
+
+
+def mpnn_param_shapes(signal_dim: int, state_dim: int) -> list[tuple[str, tuple]]:
+    """Node cell: x = [info 5, signal S, r, is_action] -> [signal S, db, dsigma]; connection cell:
+    x = [post info 5, pre info 5, signal S, w, r, is_input] -> [signal S, dw]. Ws acts on [s, x]."""
+    s, sd = signal_dim, state_dim
+    in_n, out_n, in_c, out_c = NODE_INFO + s + 2, s + 2, 2 * NODE_INFO + s + 3, s + 1
+    return [("node_Ws", (sd + in_n, sd)), ("node_bs", (sd,)), ("node_Wo", (sd + in_n, out_n)), ("node_bo", (out_n,)),
+            ("conn_Ws", (sd + in_c, sd)), ("conn_bs", (sd,)), ("conn_Wo", (sd + in_c, out_c)), ("conn_bo", (out_c,))]
+
+
+ABCD = 8  # A, B, C, D of the plain term and A', B', C', D' of the reward-gated term
+
+
+def abcd_param_shapes(shape: list[int]) -> list[tuple[str, tuple]]:
+    """Per layer: (n_in + 1, n_out, 8) coefficients; row n_in is the bias (a synapse from a constant 1)."""
+    return [(f"coef{l}", (n_in + 1, n_out, ABCD)) for l, (n_in, n_out) in enumerate(actor_layer_shapes(shape))]
+
+
+def actor_param_shapes(shape: list[int], with_sigma: bool) -> list[tuple[str, tuple]]:
+    layers = actor_layer_shapes(shape)
+    out = [item for l, (n_in, n_out) in enumerate(layers) for item in ((f"W{l}", (n_in, n_out)), (f"b{l}", (n_out,)))]
+    return out + ([(f"s{l}", (n_out,)) for l, (_, n_out) in enumerate(layers)] if with_sigma else [])
+
+
+def param_shapes(args: Args) -> list[tuple[str, tuple]]:
+    if args.evolve == "actor":
+        return actor_param_shapes(args.actor_shape, args.sigma_limit > 0)
+    if args.rule == "mpnn":
+        return mpnn_param_shapes(args.signal_dim, args.state_dim)
+    return abcd_param_shapes(args.actor_shape)
+
+
+def genome_size(args: Args) -> int:
+    return sum(math.prod(s) for _, s in param_shapes(args))
+
+
+def unpack(genome: torch.Tensor, shapes: list[tuple[str, tuple]]) -> dict[str, torch.Tensor]:
+    """Views (B, *shape) into a flat (B, D) genome, in the order of shapes."""
+    out, i = {}, 0
+    for name, shape in shapes:
+        n = math.prod(shape)
+        out[name] = genome[:, i:i + n].view(genome.shape[0], *shape)
+        i += n
+    assert i == genome.shape[1], (i, genome.shape)
+    return out
+
+
+# ==================================================================================================
+# Learning rules (pure tensor code; update the actor in place after every env step)
+# ==================================================================================================
+def recurrent_cell(x: torch.Tensor, s: torch.Tensor, Ws, bs, Wo, bo) -> tuple[torch.Tensor, torch.Tensor]:
+    """cell(x, s) on (B, N, .) inputs with per-individual weights (B, ., .): returns (out, s')."""
+    s_new = torch.tanh(torch.baddbmm(bs.unsqueeze(1), torch.cat([s, x], -1), Ws))
+    return torch.tanh(torch.baddbmm(bo.unsqueeze(1), torch.cat([s_new, x], -1), Wo)), s_new
+
+
+class MessagePassingRule:
+    """The seed's rule (module docstring). State: per neuron (B, n, state_dim), per synapse (B, state_dim, n_in, n_out)."""
+
+    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
+        self.p = unpack(genome, mpnn_param_shapes(args.signal_dim, args.state_dim))
+        self.S, self.sd, self.lr, self.act_dim = args.signal_dim, args.state_dim, args.rule_lr, shape[-1]
+        B, dev = genome.shape[0], genome.device
+        self.node_state = [torch.zeros(B, n, self.sd, device=dev) for n in shape[1:]]
+        self.conn_state = [torch.zeros(B, self.sd, i, o, device=dev) for i, o in actor_layer_shapes(shape)]
+        # The connection cell's x-part is linear, so it is computed per neuron and broadcast to the synapses
+        # (never building the (B, n_in, n_out, 14) input): rows of [Ws | Wo] that multiply x, (B, in_c, sd + out_c).
+        sd, S = self.sd, self.S
+        wx = torch.cat([self.p["conn_Ws"][:, sd:], self.p["conn_Wo"][:, sd:]], dim=-1)
+        self.wx_post = wx[:, list(range(NODE_INFO)) + list(range(2 * NODE_INFO, 2 * NODE_INFO + S))]
+        self.wx_pre = wx[:, NODE_INFO:2 * NODE_INFO]
+        self.wx_w, self.wx_r, self.wx_flag = (wx[:, 2 * NODE_INFO + S + j] for j in range(3))
+        self.bias_c = torch.cat([self.p["conn_bs"], self.p["conn_bo"]], dim=-1)
+        self.ws_state, self.wo_state = self.p["conn_Ws"][:, :sd], self.p["conn_Wo"][:, :sd]
+        self.is_action = [torch.zeros(1, n, 1, device=dev) for n in shape[1:]]
+        self.is_action[-1][:, : self.act_dim] = 1.0
+
+    def update(self, actor: Actor, trace: list, reward: torch.Tensor) -> None:
+        B, L, S, sd, lr = reward.shape[0], len(trace), self.S, self.sd, self.lr
+        r = reward[:, None, None]
+        signal = None
+        for l in range(L - 1, -1, -1):
+            x_in, z, zhat, y = trace[l]
+            n_in, n_out = x_in.shape[1], y.shape[1]
+            b, sig, w = actor.b[l], actor.sigma[l], actor.W[l]
+            if signal is None:
+                signal = torch.zeros(B, n_out, S, device=y.device)
+            info = torch.stack([z, zhat, y, b, sig], dim=-1)                              # (B, n_out, 5)
+            x_node = torch.cat([info, signal, r.expand(B, n_out, 1), self.is_action[l].expand(B, -1, -1)], -1)
+            out, self.node_state[l] = recurrent_cell(x_node, self.node_state[l], self.p["node_Ws"],
+                                                     self.p["node_bs"], self.p["node_Wo"], self.p["node_bo"])
+            post_signal = out[..., :S]
+            b.add_(lr * out[..., S]).clamp_(-actor.weight_limit, actor.weight_limit)
+            sig.add_(lr * out[..., S + 1]).clamp_(0.0, actor.sigma_limit)
+            info = torch.stack([z, zhat, y, b, sig], dim=-1)                              # with the new b, sigma
+            if l == 0:
+                pre_info = torch.zeros(B, n_in, NODE_INFO, device=y.device)
+                pre_info[..., 2] = x_in
+            else:
+                px, pz, pzhat, py = trace[l - 1]
+                pre_info = torch.stack([pz, pzhat, py, actor.b[l - 1], actor.sigma[l - 1]], dim=-1)
+            # x-part of both heads' pre-activations, per neuron, laid out (B, H, n), H = sd + S + 1
+            const = torch.addcmul(self.bias_c, reward[:, None], self.wx_r)
+            if l == 0:
+                const = const + self.wx_flag
+            post_part = torch.baddbmm(const[:, None], torch.cat([info, post_signal], -1), self.wx_post).transpose(1, 2)
+            pre_part = torch.bmm(pre_info, self.wx_pre).transpose(1, 2)
+            # ... broadcast to every synapse, one contiguous (B, ., n_in, n_out) tensor per head (state, output);
+            # s @ W then adds one pass per state unit, with per-individual scalars
+            state = self.conn_state[l]                                                     # (B, sd, n_in, n_out)
+            heads = []
+            for lo, hi, prev, wmat in ((0, sd, state, self.ws_state), (sd, None, None, self.wo_state)):
+                x = pre_part[:, lo:hi, :, None] + post_part[:, lo:hi, None, :]
+                x.addcmul_(w[:, None], self.wx_w[:, lo:hi, None, None])
+                prev = heads[0] if prev is None else prev
+                for k in range(sd):
+                    x.addcmul_(prev[:, k:k + 1], wmat[:, k, :, None, None])
+                heads.append(torch.tanh_(x))
+            s_new, out_c = heads                                                           # out_c (B, S+1, n_in, n_out)
+            self.conn_state[l] = s_new
+            w.add_(out_c[:, S], alpha=lr).clamp_(-actor.weight_limit, actor.weight_limit)
+            signal = out_c[:, :S].mean(dim=3).transpose(1, 2)                             # (B, n_in, S) to layer l-1
+
+
+def abcd_delta(coef: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, m: torch.Tensor):
+    """clip(h + m h', -1, 1) for every synapse of one layer, before the lr. coef (B, n_in+1, n_out, 8),
+    pre (B, n_in), post (B, n_out), m (B,). Returns (dW (B, n_in, n_out), db (B, n_out))."""
+    pre1 = torch.cat([pre, torch.ones_like(pre[:, :1])], dim=1)[:, :, None]            # (B, n_in+1, 1)
+    post1 = post[:, None, :]
+    plain = coef[..., 0] * pre1 * post1 + coef[..., 1] * pre1 + coef[..., 2] * post1 + coef[..., 3]
+    gated = coef[..., 4] * pre1 * post1 + coef[..., 5] * pre1 + coef[..., 6] * post1 + coef[..., 7]
+    d = torch.addcmul(plain, gated, m[:, None, None]).clamp_(-1.0, 1.0)
+    return d[:, :-1], d[:, -1]
+
+
+class HebbianRule:
+    """Reward-modulated ABCD rule (module docstring); rbar, v: running mean and variance of the reward."""
+    RATE = 0.05
+
+    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
+        self.coef = list(unpack(genome, abcd_param_shapes(shape)).values())
+        self.lr = args.rule_lr
+        self.rbar = torch.zeros(genome.shape[0], device=genome.device)
+        self.var = torch.zeros_like(self.rbar)
+
+    def modulation(self, reward: torch.Tensor) -> torch.Tensor:
+        err = reward - self.rbar
+        m = (err / (self.var.sqrt() + 1e-8)).clamp(-3.0, 3.0)
+        self.rbar += self.RATE * err
+        self.var += self.RATE * (err * err - self.var)
+        return m
+
+    def update(self, actor: Actor, trace: list, reward: torch.Tensor) -> None:
+        m = self.modulation(reward)
+        for l, (x_in, _, _, y) in enumerate(trace):
+            dw, db = abcd_delta(self.coef[l], x_in, y, m)
+            actor.W[l].add_(self.lr * dw).clamp_(-actor.weight_limit, actor.weight_limit)
+            actor.b[l].add_(self.lr * db).clamp_(-actor.weight_limit, actor.weight_limit)
+
+
+RULE_CLASSES = {"mpnn": MessagePassingRule, "abcd": HebbianRule}
+
+
+# ==================================================================================================
+# Lifetimes and the GA
+# ==================================================================================================
+def lifetime_generator(seed: int, generation: int, device) -> torch.Generator:
+    """Generation g's lifetimes (layouts, actor draws, noise); held-out lifetimes use generation = -1."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + 7919 * (generation + 2))
+
+
+def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch.Generator, device, *,
+                  plastic: bool = True, zero_reward: bool = False, controller=None, record: bool = False) -> dict:
+    """Run every genome (P, D) for k shared lifetimes of args.steps steps.
+
+    genome is rule parameters (--evolve rule) or actor parameters (--evolve actor); None with a
+    controller (obs -> action in [-1, 1]) runs that controller instead. Returns returns (P, k),
+    quarters (P, k, 4) (return of each quarter of the lifetime), saturated (P, k) (fraction of
+    action entries with |a| > 0.99) and, with record, the states of row 0 over time."""
+    env = make_env(args)
+    shape = args.actor_shape
+    p = 1 if genome is None else genome.shape[0]
+    B = p * k
+    start = env.initial_state(k, gen, device)
+    if isinstance(env, CartPole):
+        env.reset(start.repeat(p, 1), gen)
+    else:
+        env.reset(start.repeat(p, 1))
+    actor = rule = None
+    if controller is None:
+        if args.evolve == "actor":
+            actor = actor_from_genome(genome, shape, k, args)
+        else:
+            actor = fresh_actor(shape, k, p, args, gen, device)
+            if plastic:
+                rule = RULE_CLASSES[args.rule](genome.repeat_interleave(k, dim=0), shape, args)
+    noisy = actor is not None and args.sigma_limit > 0
+    total = torch.zeros(B, device=device)
+    quarters = torch.zeros(B, 4, device=device)
+    saturated = torch.zeros(B, device=device)
+    frames = []
+    for t in range(args.steps):
+        if actor is None:
+            action = controller(env.obs)
+            trace = None
+        else:
+            noise = [torch.randn(k, n, generator=gen, device=device) for n in shape[1:]] if noisy else None
+            action, trace = actor.forward(env.obs, noise)
+        reward = env.step(action)
+        total += reward
+        quarters[:, 4 * t // args.steps] += reward
+        saturated += (action.abs() > 0.99).float().mean(dim=1)
+        if rule is not None:
+            rule.update(actor, trace, torch.zeros_like(reward) if zero_reward else reward)
+        if record:
+            frames.append(env.positions()[0].clone())
+    out = {"returns": total.view(p, k), "quarters": quarters.view(p, k, 4), "saturated": (saturated / args.steps).view(p, k)}
+    if record:
+        out["frames"] = torch.stack(frames).cpu().numpy()
+    return out
+
+
+def sanitize_fitness(fitness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """NaN (or +-inf) fitness becomes -inf, the worst; returns (clean fitness, number replaced)."""
+    bad = ~torch.isfinite(fitness)
+    return torch.where(bad, torch.full_like(fitness, -math.inf), fitness), bad.sum()
+
+
+def aggregate_fitness(returns: torch.Tensor, how: str) -> torch.Tensor:
+    """(P, K) lifetime returns -> (P,) fitness; a NaN lifetime makes the individual NaN."""
+    return returns.mean(dim=1) if how == "mean" else returns.min(dim=1).values
+
+
+def next_generation(pop: torch.Tensor, fitness: torch.Tensor, num_survivors: int, num_elites: int,
+                    mutation_probability: float, mutation_strength: float, crossover_rate: float,
+                    gen: torch.Generator, elitism: str = "topk") -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncation selection + elitism + optional uniform crossover + Gaussian mutation.
+
+    fitness must be finite or -inf (sanitize_fitness). Returns (new population, ranking), where
+    ranking sorts the old population best first; with elitism topk, new rows 0..k-1 are the k best
+    unchanged. elitism original: rows are the survivors each repeated ceil(P/S) times in rank order,
+    and rows < S are left unmutated (the seed's GA)."""
+    P, D = pop.shape
+    ranking = torch.sort(fitness, descending=True, stable=True).indices
+    survivors = pop[ranking[:num_survivors]]
+    if elitism == "original":
+        children = survivors.repeat_interleave(-(-P // num_survivors), dim=0)[:P].clone()
+        keep = num_survivors
+    else:
+        n_child = P - num_elites
+        children = survivors[torch.randint(0, num_survivors, (n_child,), generator=gen, device=pop.device)]
+        if crossover_rate > 0:
+            mates = survivors[torch.randint(0, num_survivors, (n_child,), generator=gen, device=pop.device)]
+            crossing = torch.rand(n_child, 1, generator=gen, device=pop.device) < crossover_rate
+            genes = torch.rand(n_child, D, generator=gen, device=pop.device) < 0.5
+            children = torch.where(crossing & genes, mates, children)
+        children = torch.cat([survivors[:num_elites], children], dim=0)
+        keep = num_elites
+    tail = children[keep:]
+    mask = torch.rand(tail.shape, generator=gen, device=pop.device) < mutation_probability
+    noise = torch.randn(tail.shape, generator=gen, device=pop.device) * mutation_strength
+    tail += torch.where(mask, noise, torch.zeros_like(noise))
+    return children, ranking
+
+
+def quarter_stats(res: dict) -> dict:
+    """Mean and std over lifetimes of the whole-lifetime return and its first and last quarters (row 0)."""
+    r, q = res["returns"][0], res["quarters"][0]
+    stats = {}
+    for name, v in (("return", r), ("first_quarter", q[:, 0]), ("last_quarter", q[:, 3])):
+        stats[name], stats[name + "_std"] = float(v.mean()), float(v.std()) if v.numel() > 1 else 0.0
+    return stats
+
+
+def heldout_controls(args: Args, best: torch.Tensor, device) -> dict:
+    """The best genome and the controls on args.eval_lifetimes unseen random layouts (same for every control)."""
+    k = args.eval_lifetimes
+    hargs = dataclasses.replace(args, food_layout="random")
+    fresh = lambda: lifetime_generator(args.seed, -1, device)
+    out = {"best": quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device))}
+    if args.evolve == "rule":
+        out["plasticity_off"] = quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device, plastic=False))
+        out["reward_zeroed"] = quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device, zero_reward=True))
+        rand_gen = torch.Generator(device=device).manual_seed(args.seed + 12345)
+        random_rules = torch.randn(k, args.genome_size, generator=rand_gen, device=device) * args.init_std
+        res = run_lifetimes(hargs, random_rules, k, fresh(), device)      # random rule i on lifetime i
+        diag = torch.arange(k, device=device)
+        out["random_rule"] = quarter_stats({"returns": res["returns"][diag, diag][None],
+                                            "quarters": res["quarters"][diag, diag][None]})
+    if args.env == "foodworld":
+        out["push_toward_food"] = quarter_stats(run_lifetimes(hargs, None, k, fresh(), device,
+                                                              controller=push_toward_food))
+    out["zero_action"] = quarter_stats(run_lifetimes(hargs, None, k, fresh(), device,
+                                                     controller=lambda o: torch.zeros(o.shape[0], args.actor_shape[-1],
+                                                                                      device=o.device)))
+    return out
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ==================================================================================================
+# Run machinery. Blocks between "# >>> copied:" and "# <<< copied:" are byte-identical in every
+# script that has them; tests/test_copied_blocks.py fails when two copies drift.
+# ==================================================================================================
+# >>> copied: seeding
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    """Seed python, numpy and torch; make cuDNN deterministic if asked."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# <<< copied: seeding
+
+
+# >>> copied: device
+def pick_device(cuda: bool) -> torch.device:
+    """CUDA is permission, not demand: use it only when asked for and present."""
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+# <<< copied: device
+
+
+# >>> copied: run-name
+def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    base = f"{exp_name}__{seed}__{int(time.time())}"
+    for k in range(10_000):
+        run_name = base if k == 0 else f"{base}-{k}"
+        run_dir = os.path.join(root, run_name)
+        try:
+            os.makedirs(run_dir)
+            return run_name, run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder for {base}")
+# <<< copied: run-name
+
+
+# >>> copied: wandb-init
+def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
+    """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
+    import wandb
+
+    run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args),
+                     name=run_name, dir=run_dir, save_code=True)
+    run.define_metric(x_axis)
+    run.define_metric("*", step_metric=x_axis)
+    return run
+# <<< copied: wandb-init
+
+
+# >>> copied: outputs
+def _to_builtin(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    return str(value)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_to_builtin)
+
+
+class RunLog:
+    """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
+    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+
+    def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
+        self.run_dir, self.x_axis = run_dir, x_axis
+        write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
+
+    def log(self, x: int, row: dict) -> None:
+        row = {self.x_axis: x, **row}
+        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row)
+
+    def summary(self, summary: dict) -> None:
+        write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+# <<< copied: outputs
+
+
+# ==================================================================================================
+# Plots and the GIF
+# ==================================================================================================
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_fitness(rows: list[dict], title: str, path: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    gens = [r["generation"] for r in rows]
+    for key, label in (("fitness/best", "best"), ("fitness/elite_mean", "elite mean"), ("fitness/mean", "population mean")):
+        ax.plot(gens, [r[key] for r in rows], label=label)
+    ax.set(xlabel="generation", ylabel="fitness (lifetime return)", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_trajectory(env_name: str, frames: np.ndarray, title: str, path: str) -> None:
+    """FoodWorld: the path in the plane with the foods it was chasing; otherwise the state over time."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5) if env_name == "foodworld" else (7, 4))
+    if env_name == "foodworld":
+        ax.scatter(frames[:, 0], frames[:, 1], c=np.arange(len(frames)), cmap="viridis", s=6, label="agent")
+        foods = np.unique(frames[:, 2:4].round(5), axis=0)
+        ax.scatter(foods[:, 0], foods[:, 1], marker="*", s=120, c="red", label="food")
+        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="gray"))
+        ax.set(xlim=(-2.1, 2.1), ylim=(-2.1, 2.1), aspect="equal", xlabel="x", ylabel="y")
+        ax.set_title(f"{title}\nfoods eaten: {int(frames[-1, 4])}", fontsize=9)
+    else:
+        names = {"pendulum": ["theta", "omega"], "double_pendulum": ["theta1", "omega1", "theta2", "omega2"],
+                 "cartpole": ["x", "x_dot", "theta", "theta_dot"]}[env_name]
+        for i, name in enumerate(names):
+            ax.plot(frames[:, i], label=name)
+        ax.set(xlabel="step", title=title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_gif(env_name: str, frames: np.ndarray, stride: int, path: str) -> None:
+    """Animated GIF of one lifetime (matplotlib's Pillow writer), standing in for the seed's OpenCV viewer."""
+    plt = pyplot()
+    from matplotlib.animation import FuncAnimation, PillowWriter
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    lim = {"foodworld": 2.1, "pendulum": 1.2, "double_pendulum": 2.2, "cartpole": 2.6}[env_name]
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+    (line,) = ax.plot([], [], "-o", lw=2)
+    (food,) = ax.plot([], [], "r*", ms=14)
+    text = ax.text(-lim * 0.95, lim * 0.85, "")
+
+    def draw(i):
+        f = frames[i]
+        if env_name == "foodworld":
+            line.set_data(frames[max(0, i - 20):i + 1, 0], frames[max(0, i - 20):i + 1, 1])
+            food.set_data([f[2]], [f[3]])
+            text.set_text(f"step {i}  foods {int(f[4])}")
+        elif env_name == "cartpole":
+            line.set_data([f[0], f[0] + math.sin(f[2])], [0.0, math.cos(f[2])])
+            text.set_text(f"step {i}")
+        else:
+            x1, y1 = math.sin(f[0]), -math.cos(f[0])
+            xs, ys = [0.0, x1], [0.0, y1]
+            if env_name == "double_pendulum":
+                xs.append(x1 + math.sin(f[2]))
+                ys.append(y1 - math.cos(f[2]))
+            line.set_data(xs, ys)
+            text.set_text(f"step {i}")
+        return line, food, text
+
+    anim = FuncAnimation(fig, draw, frames=range(0, len(frames), stride), blit=True)
+    anim.save(path, writer=PillowWriter(fps=20))
+    plt.close(fig)
+
+
+def show(args: Args) -> None:
+    """--show: replay a saved individual for one lifetime (layout from --seed and --food-layout)."""
+    with open(args.show) as f:
+        saved = json.load(f)
+    for name in STRUCTURAL:
+        setattr(args, name, saved["args"][name])
+    device = pick_device(args.cuda)
+    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
+    write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": "step"})
+    genome = torch.tensor(saved["genome"], dtype=torch.float32, device=device)[None]
+    with torch.inference_mode():
+        res = run_lifetimes(args, genome, 1, lifetime_generator(args.seed, -1, device), device, record=True)
+    frames = res["frames"]
+    title = f"{os.path.basename(args.show)} ({args.env}, {args.evolve}{'' if args.evolve == 'actor' else ' ' + args.rule})"
+    write_gif(args.env, frames, args.gif_stride, os.path.join(run_dir, "show.gif"))
+    plot_trajectory(args.env, frames, title, os.path.join(run_dir, "trajectory.png"))
+    summary = {"status": "ok", "show": args.show, "saved_fitness": saved["fitness"], **quarter_stats(res)}
+    if args.env == "foodworld":
+        summary["foods_eaten"] = int(frames[-1, 4])
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    print(f"{run_name}: return {summary['return']:.3f} -> {run_dir}/show.gif")
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize_args(args)
+    except ValueError as e:
+        sys.exit(f"ga_learning_rule.py: error: {e}")
+    torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    if args.show is not None:
+        show(args)
+        sys.exit(0)
+    device = pick_device(args.cuda)
+    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
+    log = RunLog(args, run_name, run_dir, x_axis="generation")
+    os.makedirs(os.path.join(run_dir, "best"))
+    with torch.inference_mode():                # no autograd anywhere: a GA needs no gradients
+        rss_start = current_rss_mb()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ga_gen = torch.Generator(device=device).manual_seed(args.seed)
+        P, K = args.population_size, args.evals_per_gen
+        pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device) * args.init_std
+        rows, status, best_ever = [], "ok", (-math.inf, None, -1)
+        ind_steps = P * K * args.steps
+        start_time, eval_time = time.time(), 0.0
+        for g in range(args.generations):
+            t0 = time.time()
+            res = run_lifetimes(args, pop, K, lifetime_generator(args.seed, g, device), device)
+            fitness, n_bad = sanitize_fitness(aggregate_fitness(res["returns"], args.fitness_agg))
+            order = torch.sort(fitness, descending=True, stable=True).indices
+            elites = order[:max(args.num_elites, 1)]
+            top = order[0]
+            stats = torch.stack([fitness[top], fitness[torch.isfinite(fitness)].mean(), fitness[elites].mean(),
+                                 fitness[torch.isfinite(fitness)].median(), n_bad.float(),
+                                 res["quarters"][top, :, 0].mean(), res["quarters"][top, :, 3].mean(),
+                                 res["saturated"].mean()]).tolist()             # the one host sync per generation
+            dt_gen = time.time() - t0
+            eval_time += dt_gen
+            best, mean, elite, median, n_nan, q1, q4, sat = stats
+            row = {"fitness/best": best, "fitness/mean": mean, "fitness/elite_mean": elite, "fitness/median": median,
+                   "fitness/nan_count": int(n_nan), "fitness/best_first_quarter": q1, "fitness/best_last_quarter": q4,
+                   "diag/saturated_action_frac": sat, "time/individual_steps_per_s": ind_steps / dt_gen,
+                   "time/generation_s": dt_gen}
+            rows.append({"generation": g, **row})
+            log.log(g, row)
+            genome = pop[top].clone()
+            write_json(os.path.join(run_dir, "best", f"gen{g:04d}.json"),
+                       {"generation": g, "fitness": best, "genome": genome.tolist(), "args": vars(args)})
+            if best > best_ever[0]:
+                best_ever = (best, genome, g)
+            print(f"gen {g:4d}  best {best:9.3f}  elite {elite:9.3f}  mean {mean:9.3f}  nan {int(n_nan)}  "
+                  f"{ind_steps / dt_gen:,.0f} individual-steps/s", flush=True)
+            if n_nan == P:
+                status = f"every individual had a non-finite fitness at generation {g}"
+                break
+            if g + 1 < args.generations:
+                pop, _ = next_generation(pop, fitness, args.num_survivors, args.num_elites, args.mutation_probability,
+                                         args.mutation_strength, args.crossover_rate, ga_gen, args.elitism)
+
+        summary = {"status": status, "env": args.env, "evolve": args.evolve, "rule": args.rule, "seed": args.seed,
+                   "food_layout": args.food_layout, "population_size": P, "genome_size": args.genome_size,
+                   "generations_done": len(rows), "wall_time_s": time.time() - start_time,
+                   "individual_steps_per_s": ind_steps * len(rows) / max(eval_time, 1e-9),
+                   "rss_start_mb": rss_start, "peak_rss_mb": peak_rss_mb(),
+                   "peak_rss_above_start_mb": peak_rss_mb() - rss_start}
+        summary["bytes_per_individual"] = summary["peak_rss_above_start_mb"] * 2**20 / (P * K)
+        if device.type == "cuda":
+            summary["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        if rows:
+            summary.update({"final_best_fitness": rows[-1]["fitness/best"], "final_elite_mean": rows[-1]["fitness/elite_mean"],
+                            "final_mean_fitness": rows[-1]["fitness/mean"], "first_best_fitness": rows[0]["fitness/best"],
+                            "best_fitness_ever": best_ever[0], "best_generation": best_ever[2]})
+            plot_fitness(rows, f"{run_name}\n{args.env}, evolve {args.evolve}" + (f", rule {args.rule}" if args.evolve == "rule" else ""),
+                         os.path.join(run_dir, "fitness.png"))
+        if status == "ok":
+            # the final generation's best (re-evaluated elite), on unseen layouts, with the controls
+            final_best = pop[order[0]]
+            controls = heldout_controls(args, final_best, device)
+            summary["heldout"] = controls
+            summary["heldout_lifetimes"] = args.eval_lifetimes
+            rec = run_lifetimes(dataclasses.replace(args, food_layout="random"), final_best[None], 1,
+                                lifetime_generator(args.seed, -1, device), device, record=True)
+            plot_trajectory(args.env, rec["frames"], f"{run_name}: best of generation {len(rows) - 1}, unseen layout",
+                            os.path.join(run_dir, "trajectory.png"))
+            line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
+            print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")
+            print(f"  best rule first/last quarter: {controls['best']['first_quarter']:.3f} / {controls['best']['last_quarter']:.3f}")
+    log.summary(summary)
+    log.close()
+    print(f"{run_name}: final best {summary.get('final_best_fitness')}, {summary['individual_steps_per_s']:,.0f} "
+          f"individual-steps/s, {summary['wall_time_s']:.1f} s -> {run_dir}")
+    if status != "ok":
+        sys.exit(f"ga_learning_rule.py: stopped: {status}; metrics so far are in {run_dir}/metrics.jsonl")

@@ -1,0 +1,462 @@
+"""ga_learning_rule.py: oracle tests of the environments, the two rule families and the GA operators;
+subprocess smoke tests of every branch, determinism, bad input, the NaN guard and a short learning run."""
+
+import dataclasses
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import read_json, read_metrics
+
+import ga_learning_rule as M
+
+SCRIPT = "ga_learning_rule.py"
+TINY = ("--population-size", "8", "--num-survivors", "4", "--num-elites", "1", "--generations", "2",
+        "--evals-per-gen", "2", "--steps", "12", "--eval-lifetimes", "3")
+CPU = torch.device("cpu")
+
+
+def make_args(**kw) -> M.Args:
+    return M.finalize_args(M.Args(cuda=False, **kw))
+
+
+# ------------------------------------------------------------------------------------------------
+# Environments
+# ------------------------------------------------------------------------------------------------
+def foodworld(state7, rot_angle=M.SEED_FOOD_STEP):
+    env = M.FoodWorld()
+    s = torch.tensor([list(state7) + [math.cos(rot_angle), math.sin(rot_angle)]], dtype=torch.float64)
+    env.reset(s)
+    return env
+
+
+def test_food_relocation_is_an_exact_rotation_onto_the_unit_circle():
+    gen = torch.Generator().manual_seed(0)
+    phi = torch.rand(50, generator=gen, dtype=torch.float64) * 2 * math.pi
+    step = (torch.rand(50, generator=gen, dtype=torch.float64) - 0.5) * 2 * math.pi
+    food = torch.stack([phi.cos(), phi.sin()], 1)
+    new = M.relocate_food(food, torch.stack([step.cos(), step.sin()], 1))
+    np.testing.assert_allclose(new.norm(dim=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(new, torch.stack([(phi + step).cos(), (phi + step).sin()], 1), atol=1e-12)
+    # a point off the circle lands on it, in the rotated direction
+    off = M.relocate_food(torch.tensor([[0.0, 3.0]], dtype=torch.float64),
+                          torch.tensor([[0.0, 1.0]], dtype=torch.float64))     # +90 degrees
+    np.testing.assert_allclose(off, [[-1.0, 0.0]], atol=1e-12)
+
+
+def test_foodworld_step_by_hand_drag_walls_and_reward():
+    env = foodworld([0.5, 1.95, 0.02, 0.08, 1.0, 0.0, 3.0])
+    v0 = 3.0 - math.hypot(0.5, 1.95)
+    reward = env.step(torch.tensor([[1.0, -0.5]], dtype=torch.float64))
+    vx, vy = 0.9 * 0.02 + 0.01, 0.9 * 0.08 - 0.005                 # drag then force
+    x, y = 0.5 + vx, 1.95 + vy                                     # y = 2.017 > 2: wall
+    np.testing.assert_allclose(env.s[0, :4], [x, 2.0, vx, -0.9 * vy], atol=1e-12)
+    value = 3.0 - math.hypot(1.0 - x, 2.0)
+    assert reward.item() == pytest.approx(value - v0, abs=1e-12)
+
+
+def test_foodworld_eats_within_the_radius_and_relocates():
+    food = (1 / math.sqrt(2), -1 / math.sqrt(2))
+    env = foodworld([food[0] - 0.05, food[1], 0.0, 0.0, *food, 0.0])
+    reward = env.step(torch.zeros(1, 2, dtype=torch.float64))
+    assert env.s[0, 6].item() == 1.0
+    angle = -math.pi / 4 + M.SEED_FOOD_STEP
+    np.testing.assert_allclose(env.s[0, 4:6], [math.cos(angle), math.sin(angle)], atol=1e-12)
+    new_dist = math.hypot(math.cos(angle) - env.s[0, 0].item(), math.sin(angle) - env.s[0, 1].item())
+    assert reward.item() == pytest.approx((1 - new_dist) - (0 - 0.05), abs=1e-12)
+    # just outside the radius: nothing is eaten
+    env = foodworld([food[0] - 0.11, food[1], 0.0, 0.0, *food, 0.0])
+    env.step(torch.zeros(1, 2, dtype=torch.float64))
+    assert env.s[0, 6].item() == 0.0
+
+
+def test_food_layouts_fixed_is_the_seeds_and_random_varies():
+    gen = torch.Generator().manual_seed(0)
+    fixed = M.FoodWorld("fixed").initial_state(4, gen, CPU)
+    np.testing.assert_allclose(fixed[:, 4:6], [[1 / math.sqrt(2), -1 / math.sqrt(2)]] * 4, atol=1e-6)
+    np.testing.assert_allclose(fixed[:, 7:9], [[0.3 / math.hypot(0.3, 0.95), 0.95 / math.hypot(0.3, 0.95)]] * 4,
+                               atol=1e-6)
+    rand = M.FoodWorld("random").initial_state(200, gen, CPU)
+    np.testing.assert_allclose(rand[:, 4:6].norm(dim=1), 1.0, atol=1e-6)
+    step = torch.atan2(rand[:, 8], rand[:, 7]).abs()
+    assert step.min() >= math.pi / 3 - 1e-5 and step.max() <= math.pi + 1e-5
+    assert rand[:, 4].std() > 0.5 and (rand[:, 8] > 0).any() and (rand[:, 8] < 0).any()
+
+
+@pytest.mark.parametrize("cls, state", [
+    (M.Pendulum, [2.0, 0.5]),
+    (M.DoublePendulum, [1.2, 0.3, -0.7, 1.0]),
+])
+def test_pendulums_conserve_energy_without_damping_or_torque(cls, state):
+    env = cls(dt=0.005, damping=0.0)
+    env.reset(torch.tensor([state], dtype=torch.float64))
+    e0 = cls.energy(env.s).item()
+    for _ in range(2000):                                              # 10 s, fast and chaotic for the double
+        env.step(torch.zeros(1, 1, dtype=torch.float64))
+        assert abs(cls.energy(env.s).item() - e0) < 1e-5 * max(1.0, abs(e0))   # RK4's own error only
+    damped = cls(dt=0.01, damping=0.1)
+    damped.reset(torch.tensor([state], dtype=torch.float64))
+    energies = []
+    for _ in range(300):
+        damped.step(torch.zeros(1, 1, dtype=torch.float64))
+        energies.append(cls.energy(damped.s).item())
+    assert np.all(np.diff(energies) < 1e-9) and energies[-1] < e0 - 0.01     # friction only removes energy
+
+
+def test_pendulum_torque_and_small_angle_period():
+    env = M.Pendulum(dt=0.001, damping=0.0)
+    env.reset(torch.tensor([[0.01, 0.0]], dtype=torch.float64))
+    thetas = []
+    for _ in range(int(2 * math.pi / math.sqrt(M.G) / 0.001)):
+        env.step(torch.zeros(1, 1, dtype=torch.float64))
+        thetas.append(env.s[0, 0].item())
+    assert thetas[-1] == pytest.approx(0.01, abs=1e-4)            # one period of sqrt(l/g) * 2 pi
+    d = env.deriv(torch.tensor([[0.0, 0.0]], dtype=torch.float64), torch.tensor([[0.7]], dtype=torch.float64))
+    assert d[0, 1].item() == pytest.approx(0.7)                    # tau / (m l^2) at rest at the bottom
+
+
+def test_double_pendulum_matches_the_textbook_explicit_formula():
+    """Accelerations of the mass-matrix form against the closed form for point masses (m, l = 1)."""
+    env = M.DoublePendulum(damping=0.0)
+    rng = np.random.default_rng(0)
+    y = torch.tensor(rng.uniform(-3, 3, (20, 4)))
+    acc = env.deriv(y, torch.zeros(20, 1, dtype=torch.float64))
+    g, m1, m2, l1, l2 = M.G, 1.0, 1.0, 1.0, 1.0
+    for (t1, w1, t2, w2), a in zip(y.numpy(), acc.numpy()):
+        den = 2 * m1 + m2 - m2 * math.cos(2 * t1 - 2 * t2)
+        a1 = (-g * (2 * m1 + m2) * math.sin(t1) - m2 * g * math.sin(t1 - 2 * t2)
+              - 2 * math.sin(t1 - t2) * m2 * (w2 ** 2 * l2 + w1 ** 2 * l1 * math.cos(t1 - t2))) / (l1 * den)
+        a2 = (2 * math.sin(t1 - t2) * (w1 ** 2 * l1 * (m1 + m2) + g * (m1 + m2) * math.cos(t1)
+                                        + w2 ** 2 * l2 * m2 * math.cos(t1 - t2))) / (l2 * den)
+        np.testing.assert_allclose([a[1], a[3]], [a1, a2], rtol=1e-9, atol=1e-9)
+
+
+def test_cartpole_matches_gymnasium_on_identical_actions():
+    ref = gym.make("CartPole-v1").unwrapped
+    rng = np.random.default_rng(0)
+    for episode in range(5):
+        ref.reset(seed=episode)
+        s = torch.tensor(np.array(ref.state)[None], dtype=torch.float64)
+        for _ in range(200):
+            action = int(rng.integers(0, 2))
+            _, _, terminated, _, _ = ref.step(action)
+            s, fallen = M.CartPole.physics(s, torch.tensor([action == 1]))
+            np.testing.assert_allclose(s[0].numpy(), np.array(ref.state), rtol=1e-12, atol=1e-12)
+            assert bool(fallen) == terminated
+            if terminated:
+                break
+    env = M.CartPole()
+    env.reset(torch.tensor([[0.0, 0.0, 0.3, 0.0]]), torch.Generator().manual_seed(0))
+    assert env.step(torch.ones(1, 1)).item() == 0.0                 # fallen: 0 reward and a fresh start
+    assert env.s.abs().max() <= 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# Learning rules
+# ------------------------------------------------------------------------------------------------
+def _cell(x, s, Ws, bs, Wo, bo):
+    s2 = np.tanh(np.concatenate([s, x]) @ Ws + bs)
+    return np.tanh(np.concatenate([s2, x]) @ Wo + bo), s2
+
+
+def loop_mpnn_update(p, net, trace, r, S, lr, wl, sl, act_dim):
+    """The docstring's message passing, one neuron and one synapse at a time (float64, one individual)."""
+    W, b, sg, ns, cs = net["W"], net["b"], net["s"], net["ns"], net["cs"]
+    L = len(W)
+    signal = np.zeros((W[-1].shape[1], S))
+    for l in range(L - 1, -1, -1):
+        x, z, zh, y = trace[l]
+        n_in, n_out = W[l].shape
+        new_sig = np.zeros((n_out, S))
+        for j in range(n_out):
+            xn = np.array([z[j], zh[j], y[j], b[l][j], sg[l][j], *signal[j], r, float(l == L - 1 and j < act_dim)])
+            out, ns[l][j] = _cell(xn, ns[l][j], p["node_Ws"], p["node_bs"], p["node_Wo"], p["node_bo"])
+            new_sig[j] = out[:S]
+            b[l][j] = np.clip(b[l][j] + lr * out[S], -wl, wl)
+            sg[l][j] = np.clip(sg[l][j] + lr * out[S + 1], 0, sl)
+        msg = np.zeros((n_in, n_out, S))
+        for i in range(n_in):
+            if l == 0:
+                pre = [0, 0, x[i], 0, 0]
+            else:
+                pre = [trace[l - 1][1][i], trace[l - 1][2][i], trace[l - 1][3][i], b[l - 1][i], sg[l - 1][i]]
+            for j in range(n_out):
+                xc = np.array([z[j], zh[j], y[j], b[l][j], sg[l][j], *pre, *new_sig[j], W[l][i, j], r, float(l == 0)])
+                out, cs[l][i, j] = _cell(xc, cs[l][i, j], p["conn_Ws"], p["conn_bs"], p["conn_Wo"], p["conn_bo"])
+                msg[i, j] = out[:S]
+                W[l][i, j] = np.clip(W[l][i, j] + lr * out[S], -wl, wl)
+        signal = msg.mean(axis=1)
+
+
+def random_actor(shape, B, gen):
+    layers = M.actor_layer_shapes(shape)
+    return M.Actor([torch.randn(B, i, o, generator=gen) * 0.5 for i, o in layers],
+                   [torch.randn(B, o, generator=gen) * 0.5 for o in shape[1:]],
+                   [torch.rand(B, o, generator=gen) * 0.4 for o in shape[1:]], 1.0, 0.5)
+
+
+def test_mpnn_update_matches_a_loop_over_synapses():
+    gen = torch.Generator().manual_seed(0)
+    shape, S, sd, B, lr = [3, 4, 2], 2, 3, 3, 0.3                 # lr large enough that the clips act
+    args = make_args(env="foodworld", actor_shape=[7, 8, 8, 2], signal_dim=S, state_dim=sd, rule_lr=lr)
+    shapes = M.mpnn_param_shapes(S, sd)
+    genome = torch.randn(B, sum(math.prod(s) for _, s in shapes), generator=gen)
+    rule = M.MessagePassingRule(genome, shape, args)
+    actor = random_actor(shape, B, gen)
+    params = [{k: v[i].double().numpy() for k, v in M.unpack(genome, shapes).items()} for i in range(B)]
+    nets = [{"W": [w[k].double().numpy().copy() for w in actor.W], "b": [x[k].double().numpy().copy() for x in actor.b],
+             "s": [x[k].double().numpy().copy() for x in actor.sigma], "ns": [np.zeros((o, sd)) for o in shape[1:]],
+             "cs": [np.zeros((i, o, sd)) for i, o in M.actor_layer_shapes(shape)]} for k in range(B)]
+    w_start = [w.clone() for w in actor.W]
+    for step in range(4):                                           # the recurrent states carry over
+        _, trace = actor.forward(torch.randn(B, 3, generator=gen), [torch.randn(B, n, generator=gen) for n in shape[1:]])
+        r = torch.randn(B, generator=gen)
+        for k in range(B):
+            loop_mpnn_update(params[k], nets[k], [tuple(t[k].double().numpy() for t in layer) for layer in trace],
+                             float(r[k]), S, lr, 1.0, 0.5, act_dim=2)
+        rule.update(actor, trace, r)
+        for k in range(B):
+            for l in range(2):
+                for mine, ref in ((actor.W, "W"), (actor.b, "b"), (actor.sigma, "s")):
+                    np.testing.assert_allclose(mine[l][k].numpy(), nets[k][ref][l], atol=2e-5)
+    assert all((w - w0).abs().max() > 0.1 for w, w0 in zip(actor.W, w_start))
+    assert M.genome_size(make_args()) == 123                         # the seed's parameter count
+
+
+def test_abcd_delta_by_hand():
+    coef = torch.zeros(1, 3, 1, 8)                                  # 2 inputs + bias -> 1 output
+    coef[0, 0, 0] = torch.tensor([1.0, 0.5, -0.2, 0.1, 2.0, 0.0, 0.0, 0.0])
+    coef[0, 1, 0] = torch.tensor([0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 1.0, 0.0])
+    coef[0, 2, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0])   # bias: D' only
+    pre, post, m = torch.tensor([[0.4, -1.0]]), torch.tensor([[0.5]]), torch.tensor([0.25])
+    dw, db = M.abcd_delta(coef, pre, post, m)
+    w0 = 1.0 * 0.4 * 0.5 + 0.5 * 0.4 - 0.2 * 0.5 + 0.1 + 0.25 * (2.0 * 0.4 * 0.5)
+    w1 = 0.3 + 0.25 * (1.0 * 0.5)
+    np.testing.assert_allclose(dw[0, :, 0].numpy(), [w0, w1], rtol=1e-6)
+    assert db[0, 0].item() == pytest.approx(min(0.25 * 5.0, 1.0))   # clipped to 1
+
+
+def test_hebbian_modulation_is_a_normalised_reward_surprise():
+    args = make_args(env="foodworld", rule="abcd", rule_lr=0.1)
+    rule = M.HebbianRule(torch.zeros(1, args.genome_size), args.actor_shape, args)
+    rbar, var = 0.0, 0.0
+    for r in (1.0, 0.0, 2.0, -1.0):
+        m = rule.modulation(torch.tensor([r])).item()
+        err = r - rbar
+        assert m == pytest.approx(max(-3.0, min(3.0, err / (math.sqrt(var) + 1e-8))), rel=1e-5)
+        rbar, var = rbar + 0.05 * err, var + 0.05 * (err * err - var)
+    zero = M.HebbianRule(torch.zeros(1, args.genome_size), args.actor_shape, args)
+    assert zero.modulation(torch.zeros(1)).item() == 0.0           # reward zeroed -> only the plain term
+
+
+def test_abcd_rule_updates_actor_in_place_with_lr_and_clip():
+    args = make_args(env="pendulum", actor_shape=[3, 2, 1], rule="abcd", rule_lr=0.1, weight_limit=0.15)
+    genome = torch.zeros(1, args.genome_size)
+    coefs = M.unpack(genome, M.abcd_param_shapes(args.actor_shape))
+    coefs["coef0"][..., 3] = 1.0                                    # D = 1 everywhere in layer 0 -> +lr
+    actor = M.fresh_actor(args.actor_shape, 1, 1, dataclasses.replace(args, weight_init=0.0), None, CPU)
+    rule = M.HebbianRule(genome, args.actor_shape, args)
+    _, trace = actor.forward(torch.ones(1, 3))
+    rule.update(actor, trace, torch.zeros(1))
+    np.testing.assert_allclose(actor.W[0].numpy(), 0.1)
+    np.testing.assert_allclose(actor.W[1].numpy(), 0.0)
+    rule.update(actor, trace, torch.zeros(1))
+    np.testing.assert_allclose(actor.W[0].numpy(), 0.15)           # clipped at the weight limit
+
+
+# ------------------------------------------------------------------------------------------------
+# Lifetimes and the GA
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("env, evolve, rule", [("foodworld", "rule", "mpnn"), ("foodworld", "rule", "abcd"),
+                                               ("cartpole", "actor", "mpnn"), ("double_pendulum", "rule", "mpnn")])
+def test_batched_population_equals_one_individual_at_a_time(env, evolve, rule):
+    shape = {"foodworld": [7, 4, 2], "cartpole": [4, 3, 1], "double_pendulum": [6, 3, 1]}[env]
+    args = make_args(env=env, evolve=evolve, rule=rule, actor_shape=shape, steps=30, sigma_limit=0.3, sigma_init=0.2,
+                     weight_init=0.1)
+    pop = torch.randn(3, args.genome_size, generator=torch.Generator().manual_seed(1))
+    gen = lambda: M.lifetime_generator(5, 0, CPU)
+    batched = M.run_lifetimes(args, pop, 2, gen(), CPU)["returns"]
+    for i in range(3):
+        single = M.run_lifetimes(args, pop[i:i + 1], 2, gen(), CPU)["returns"]
+        if env == "cartpole":   # resets draw per-row random numbers, so only the first lifetime segment is shared
+            continue
+        np.testing.assert_allclose(batched[i].numpy(), single[0].numpy(), rtol=1e-5, atol=1e-5)
+    same = M.run_lifetimes(args, pop[:1].repeat(4, 1), 2, gen(), CPU)["returns"]
+    assert torch.equal(same, same[:1].expand(4, -1))                 # common random numbers across individuals
+    other_gen = M.run_lifetimes(args, pop, 2, M.lifetime_generator(5, 1, CPU), CPU)["returns"]
+    assert not torch.equal(other_gen, batched)                        # new lifetimes every generation
+
+
+def test_next_generation_elitism_keeps_the_top_k_and_mutation_respects_its_probability():
+    gen = torch.Generator().manual_seed(0)
+    P, D, S, k = 400, 50, 40, 5
+    pop = torch.randn(P, D, generator=gen)
+    fitness = torch.randn(P, generator=gen)
+    fitness[7] = -math.inf                                            # a NaN individual, sanitised
+    new, ranking = M.next_generation(pop, fitness, S, k, 0.3, 0.1, 0.0, gen)
+    top = torch.argsort(fitness, descending=True)
+    assert torch.equal(ranking[:S], top[:S])
+    assert torch.equal(new[:k], pop[top[:k]])                         # elites unchanged
+    survivors = pop[top[:S]]
+    changed, parents_ok = [], 0
+    for row in new[k:]:
+        diff = (row[None] != survivors)                               # genes that differ from each survivor
+        parent = diff.sum(1).argmin()
+        parents_ok += int(diff[parent].sum() < D)
+        changed.append(diff[parent].float().mean().item())
+    assert parents_ok == P - k                                        # every child descends from a survivor
+    assert np.mean(changed) == pytest.approx(0.3, abs=0.02)           # mutation probability per gene
+    assert not (new[k:] == pop[7]).all(1).any()                      # the worst is never a parent
+    frozen, _ = M.next_generation(pop, fitness, S, k, 0.0, 0.1, 0.0, gen)
+    assert all((row[None] == survivors).all(1).any() for row in frozen)
+
+
+def test_uniform_crossover_mixes_two_parents():
+    gen = torch.Generator().manual_seed(0)
+    pop = torch.arange(40.0)[:, None].repeat(1, 200)                 # individual i is all i
+    new, _ = M.next_generation(pop, -torch.arange(40.0), 2, 1, 0.0, 0.0, 1.0, gen)
+    assert torch.equal(new[0], pop[0])
+    assert set(new.unique().tolist()) == {0.0, 1.0}                  # only the two survivors' genes
+    mixed = torch.tensor([bool((row == 0).any() and (row == 1).any()) for row in new[1:]])
+    assert 10 <= mixed.sum() <= 30                                   # parent != mate about half the time
+    share = (new[1:][mixed] == 0).float().mean()
+    assert share == pytest.approx(0.5, abs=0.05)                     # genes taken with probability 1/2
+
+
+def test_original_elitism_reproduces_the_seeds_grouped_copies():
+    gen = torch.Generator().manual_seed(0)
+    pop = torch.randn(100, 10, generator=gen)
+    fitness = torch.randn(100, generator=gen)
+    new, _ = M.next_generation(pop, fitness, 4, 0, 1.0, 0.1, 0.0, gen, elitism="original")
+    top = torch.argsort(fitness, descending=True)
+    assert torch.equal(new[:4], pop[top[0]].expand(4, -1))           # rows < S: 25 copies of #1 ...
+    assert not (new[4:25] == pop[top[0]]).all(1).any()               # ... and the rest of its copies mutated
+    assert (new[25:50] != pop[top[1]]).any(1).all()
+
+
+def test_nan_fitness_is_the_worst_and_counted():
+    f, n = M.sanitize_fitness(torch.tensor([1.0, float("nan"), -2.0, float("inf")]))
+    assert n.item() == 2 and f[1] == -math.inf and f[3] == -math.inf and f[0] == 1.0
+    returns = torch.tensor([[1.0, 3.0], [float("nan"), 5.0]])
+    np.testing.assert_array_equal(M.aggregate_fitness(returns, "mean")[:1], [2.0])
+    assert M.aggregate_fitness(returns, "min")[0] == 1.0 and torch.isnan(M.aggregate_fitness(returns, "mean")[1])
+
+
+def test_hand_controller_eats_and_quarters_add_up():
+    args = make_args(steps=200)
+    res = M.run_lifetimes(args, None, 4, M.lifetime_generator(1, -1, CPU), CPU, controller=M.push_toward_food)
+    assert res["returns"].min() > 4.0                                  # several foods per lifetime
+    np.testing.assert_allclose(res["quarters"].sum(-1), res["returns"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Smoke runs (subprocess, temporary directory)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra", [
+    ("--rule", "mpnn", "--food-layout", "fixed", "--crossover-rate", "0.5", "--fitness-agg", "min"),
+    ("--env", "double_pendulum", "--actor-shape", "6", "4", "1", "--rule", "abcd"),
+    ("--env", "pendulum", "--actor-shape", "3", "4", "1", "--evolve", "actor", "--sigma-limit", "0.5",
+     "--sigma-init", "0.1", "--elitism", "original"),
+    ("--env", "cartpole", "--actor-shape", "4", "4", "1", "--sigma-limit", "0.3"),
+])
+def test_smoke_run_writes_every_output(run, extra):
+    proc, run_dir = run(SCRIPT, *TINY, *extra)
+    assert proc.returncode == 0, proc.stderr
+    config = read_json(run_dir / "config.json")
+    assert config["x_axis"] == "generation" and config["argv"][1:] == [*TINY, *extra]
+    rows = read_metrics(run_dir)
+    assert [r["generation"] for r in rows] == [0, 1]
+    for key in ("fitness/best", "fitness/mean", "fitness/elite_mean", "fitness/nan_count",
+                "fitness/best_first_quarter", "fitness/best_last_quarter", "time/individual_steps_per_s"):
+        assert key in rows[-1]
+    assert all(r["fitness/best"] >= r["fitness/elite_mean"] >= r["fitness/mean"] - 1e-6 for r in rows)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == "ok" and summary["generations_done"] == 2
+    controls = summary["heldout"]
+    assert "best" in controls and "zero_action" in controls
+    assert ("random_rule" in controls) == ("actor" not in extra)
+    assert ("push_toward_food" in controls) == ("--env" not in extra)
+    saved = json.loads((run_dir / "best" / "gen0001.json").read_text())
+    assert saved["fitness"] == pytest.approx(rows[-1]["fitness/best"])
+    assert len(saved["genome"]) == summary["genome_size"] == saved["args"]["genome_size"]
+    for png in ("fitness.png", "trajectory.png"):
+        assert (run_dir / png).stat().st_size > 1000
+
+
+def test_show_replays_a_saved_individual_as_a_gif(run, tmp_path):
+    args = make_args(rule="abcd")
+    genome = torch.randn(args.genome_size, generator=torch.Generator().manual_seed(0))
+    saved = tmp_path / "gen0007.json"
+    saved.write_text(json.dumps({"generation": 7, "fitness": 1.5, "genome": genome.tolist(), "args": vars(args)}))
+    proc, show_dir = run(SCRIPT, "--show", str(saved), "--steps", "12", "--gif-stride", "3", "--rule", "mpnn")
+    assert proc.returncode == 0, proc.stderr
+    gif = (show_dir / "show.gif").read_bytes()
+    assert gif[:6] in (b"GIF89a", b"GIF87a") and len(gif) > 1000
+    assert (show_dir / "trajectory.png").stat().st_size > 1000
+    assert read_json(show_dir / "config.json")["args"]["rule"] == "abcd"   # structure comes from the file
+    summary = read_json(show_dir / "summary.json")
+    expected = M.run_lifetimes(dataclasses.replace(args, steps=12), genome[None], 1, M.lifetime_generator(1, -1, CPU), CPU)
+    assert summary["return"] == pytest.approx(expected["returns"].item(), abs=1e-5)
+    assert summary["saved_fitness"] == 1.5 and "foods_eaten" in summary
+
+
+def test_same_seed_same_numbers_and_track_offline(run):
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+    _, a = run(SCRIPT, *TINY, "--track", "True", "--wandb-project-name", "test")
+    _, b = run(SCRIPT, *TINY)
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+    assert read_json(a / "summary.json")["heldout"] == read_json(b / "summary.json")["heldout"]
+    offline = list((a / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"actor_shape": [6, 8, 2]}, "must start with 7"),
+    ({"env": "pendulum"}, "must start with 3 (observation) and end with 1"),
+    ({"num_survivors": 2000}, "--num-survivors 2000 exceeds --population-size 1000"),
+    ({"env": "pong"}, "unknown --env 'pong'"),
+    ({"rule": "backprop"}, "unknown --rule 'backprop'"),
+    ({"evolve": "critic"}, "unknown --evolve 'critic'"),
+    ({"mutation_probability": 1.5}, "must lie in [0, 1]"),
+    ({"num_elites": 200}, "--num-elites must lie in [0, --num-survivors = 100]"),
+    ({"show": "missing.json"}, "is not a file"),
+])
+def test_finalize_args_rejects_bad_input(kwargs, message):
+    with pytest.raises(ValueError) as err:
+        M.finalize_args(M.Args(**kwargs))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--actor-shape", "6", "8", "2"), "must start with 7"),
+    (("--num-survivors", "2000"), "exceeds --population-size"),
+])
+def test_bad_input_fails_fast_with_one_line(run, args, message):
+    proc, run_dir = run(SCRIPT, *args)
+    assert proc.returncode != 0 and run_dir is None
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_nan_fitness_is_counted_and_an_all_nan_population_stops(run):
+    proc, run_dir = run(SCRIPT, *TINY, "--generations", "3", "--mutation-strength", "inf")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_metrics(run_dir)
+    assert rows[0]["fitness/nan_count"] == 0 and rows[-1]["fitness/nan_count"] > 0
+    assert all(math.isfinite(r["fitness/best"]) for r in rows)       # the unmutated elite keeps it finite
+    proc, run_dir = run(SCRIPT, *TINY, "--init-std", "inf")
+    assert proc.returncode != 0 and "non-finite fitness" in proc.stderr
+    assert read_metrics(run_dir)[0]["fitness/nan_count"] == 8
+    assert read_json(run_dir / "summary.json")["status"].startswith("every individual")
+
+
+def test_evolving_the_actor_improves_fitness(run):
+    proc, run_dir = run(SCRIPT, "--evolve", "actor", "--population-size", "200", "--num-survivors", "20",
+                        "--num-elites", "2", "--generations", "12", "--steps", "100", "--food-layout", "fixed",
+                        "--evals-per-gen", "1", "--mutation-probability", "1.0", "--eval-lifetimes", "4")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_metrics(run_dir)
+    assert rows[-1]["fitness/mean"] > rows[0]["fitness/mean"] + 1.0
+    assert rows[-1]["fitness/best"] > rows[0]["fitness/best"] + 0.5
