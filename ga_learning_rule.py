@@ -114,11 +114,13 @@ class Args:
     env: str = "foodworld"
     """environment: foodworld, pendulum, double_pendulum or cartpole"""
     evolve: str = "rule"
-    """rule: evolve the learning rule (the actor starts fresh every lifetime); actor: evolve the actor's weights, rule off"""
+    """rule: evolve the learning rule (fresh actor every lifetime); actor: evolve the actor's weights, rule off"""
     rule: str = "mpnn"
     """learning-rule family: mpnn (the seed's message-passing cells) or abcd (reward-modulated Hebbian)"""
     food_layout: str = "random"
     """foodworld food placement per training lifetime: fixed (the seed's) or random"""
+    observe_count: bool = True
+    """foodworld: the 7th observation is the food count (the seed's); False feeds 0 there instead"""
     steps: int = 200
     """environment steps per lifetime"""
     dt: float = 0.05
@@ -188,8 +190,8 @@ class Args:
 ENVS = ("foodworld", "pendulum", "double_pendulum", "cartpole")
 RULES = ("mpnn", "abcd")
 # fields that describe a saved individual; --show takes them from the file, not from the command line
-STRUCTURAL = ("env", "evolve", "rule", "dt", "damping", "actor_shape", "weight_limit", "weight_init", "sigma_init",
-              "sigma_limit", "rule_lr", "signal_dim", "state_dim", "genome_size")
+STRUCTURAL = ("env", "evolve", "rule", "observe_count", "dt", "damping", "actor_shape", "weight_limit", "weight_init",
+              "sigma_init", "sigma_limit", "rule_lr", "signal_dim", "state_dim", "genome_size")
 
 
 def finalize_args(args: Args) -> Args:
@@ -202,7 +204,8 @@ def finalize_args(args: Args) -> Args:
                "fitness_agg": ("mean", "min")}
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
-            raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(args, name)!r}; choose one of {', '.join(allowed)}")
+            flag = f"--{name.replace('_', '-')} {getattr(args, name)!r}"
+            raise ValueError(f"unknown {flag}; choose one of {', '.join(allowed)}")
     obs_dim, act_dim = ENV_DIMS[args.env]
     shape = args.actor_shape
     if len(shape) < 2 or min(shape) <= 0:
@@ -246,8 +249,8 @@ class FoodWorld:
     lifetime's relocation rotation [cos, sin]."""
     ACCEL, DRAG, MAX_SPEED, WALL, BOUNCE, EAT_RADIUS = 0.01, 0.9, 10.0, 2.0, -0.9, 0.1
 
-    def __init__(self, layout: str = "random", **_):
-        self.layout = layout
+    def __init__(self, layout: str = "random", observe_count: bool = True, **_):
+        self.layout, self.observe_count = layout, observe_count
 
     def initial_state(self, k: int, gen: torch.Generator, device) -> torch.Tensor:
         """(K, 9): the 7-d state plus [cos, sin] of the food's relocation step."""
@@ -269,7 +272,7 @@ class FoodWorld:
 
     @property
     def obs(self) -> torch.Tensor:
-        return self.s
+        return self.s if self.observe_count else torch.cat([self.s[:, :6], torch.zeros_like(self.s[:, 6:])], dim=1)
 
     def current_value(self) -> torch.Tensor:
         return self.s[:, 6] - torch.linalg.vector_norm(self.s[:, 4:6] - self.s[:, 0:2], dim=1)
@@ -429,7 +432,8 @@ ENV_CLASSES = {"foodworld": FoodWorld, "pendulum": Pendulum, "double_pendulum": 
 
 
 def make_env(args: Args, layout: Optional[str] = None):
-    return ENV_CLASSES[args.env](layout=layout or args.food_layout, dt=args.dt, damping=args.damping)
+    return ENV_CLASSES[args.env](layout=layout or args.food_layout, observe_count=args.observe_count, dt=args.dt,
+                                 damping=args.damping)
 
 
 def push_toward_food(obs: torch.Tensor, kp: float = 10.0, kd: float = 30.0) -> torch.Tensor:
@@ -471,8 +475,9 @@ def fresh_actor(shape: list[int], k: int, p: int, args: Args, gen: torch.Generat
     std = args.weight_init * args.weight_limit
     weights, biases, sigmas = [], [], []
     for n_in, n_out in actor_layer_shapes(shape):
-        w = (torch.randn(k, n_in, n_out, generator=gen, device=device) * std).clamp(-args.weight_limit, args.weight_limit)
-        b = (torch.randn(k, n_out, generator=gen, device=device) * std).clamp(-args.weight_limit, args.weight_limit)
+        lim = args.weight_limit
+        w = (torch.randn(k, n_in, n_out, generator=gen, device=device) * std).clamp(-lim, lim)
+        b = (torch.randn(k, n_out, generator=gen, device=device) * std).clamp(-lim, lim)
         weights.append(w.repeat(p, 1, 1))
         biases.append(b.repeat(p, 1))
         sigmas.append(torch.full((k * p, n_out), min(args.sigma_init, args.sigma_limit), device=device))
@@ -555,7 +560,7 @@ def recurrent_cell(x: torch.Tensor, s: torch.Tensor, Ws, bs, Wo, bo) -> tuple[to
 
 
 class MessagePassingRule:
-    """The seed's rule (module docstring). State: per neuron (B, n, state_dim), per synapse (B, state_dim, n_in, n_out)."""
+    """The seed's rule (module docstring). State per neuron (B, n, state_dim), per synapse (B, state_dim, n_in, n_out)."""
 
     def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
         self.p = unpack(genome, mpnn_param_shapes(args.signal_dim, args.state_dim))
@@ -714,7 +719,8 @@ def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch
             rule.update(actor, trace, torch.zeros_like(reward) if zero_reward else reward)
         if record:
             frames.append(env.positions()[0].clone())
-    out = {"returns": total.view(p, k), "quarters": quarters.view(p, k, 4), "saturated": (saturated / args.steps).view(p, k)}
+    out = {"returns": total.view(p, k), "quarters": quarters.view(p, k, 4),
+           "saturated": (saturated / args.steps).view(p, k)}
     if record:
         out["frames"] = torch.stack(frames).cpu().numpy()
     return out
@@ -911,7 +917,8 @@ def plot_fitness(rows: list[dict], title: str, path: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     gens = [r["generation"] for r in rows]
-    for key, label in (("fitness/best", "best"), ("fitness/elite_mean", "elite mean"), ("fitness/mean", "population mean")):
+    for key, label in (("fitness/best", "best"), ("fitness/elite_mean", "elite mean"),
+                       ("fitness/mean", "population mean")):
         ax.plot(gens, [r[key] for r in rows], label=label)
     ax.set(xlabel="generation", ylabel="fitness (lifetime return)", title=title)
     ax.legend(loc="lower right")
@@ -992,7 +999,8 @@ def show(args: Args) -> None:
     with torch.inference_mode():
         res = run_lifetimes(args, genome, 1, lifetime_generator(args.seed, -1, device), device, record=True)
     frames = res["frames"]
-    title = f"{os.path.basename(args.show)} ({args.env}, {args.evolve}{'' if args.evolve == 'actor' else ' ' + args.rule})"
+    what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
+    title = f"{os.path.basename(args.show)} ({args.env}, {what})"
     write_gif(args.env, frames, args.gif_stride, os.path.join(run_dir, "show.gif"))
     plot_trajectory(args.env, frames, title, os.path.join(run_dir, "trajectory.png"))
     summary = {"status": "ok", "show": args.show, "saved_fitness": saved["fitness"], **quarter_stats(res)}
@@ -1071,11 +1079,12 @@ if __name__ == "__main__":
         if device.type == "cuda":
             summary["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         if rows:
-            summary.update({"final_best_fitness": rows[-1]["fitness/best"], "final_elite_mean": rows[-1]["fitness/elite_mean"],
-                            "final_mean_fitness": rows[-1]["fitness/mean"], "first_best_fitness": rows[0]["fitness/best"],
+            last = rows[-1]
+            summary.update({"final_best_fitness": last["fitness/best"], "final_elite_mean": last["fitness/elite_mean"],
+                            "final_mean_fitness": last["fitness/mean"], "first_best_fitness": rows[0]["fitness/best"],
                             "best_fitness_ever": best_ever[0], "best_generation": best_ever[2]})
-            plot_fitness(rows, f"{run_name}\n{args.env}, evolve {args.evolve}" + (f", rule {args.rule}" if args.evolve == "rule" else ""),
-                         os.path.join(run_dir, "fitness.png"))
+            what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
+            plot_fitness(rows, f"{run_name}\n{args.env}, evolving the {what}", os.path.join(run_dir, "fitness.png"))
         if status == "ok":
             # the final generation's best (re-evaluated elite), on unseen layouts, with the controls
             final_best = pop[order[0]]
@@ -1088,7 +1097,8 @@ if __name__ == "__main__":
                             os.path.join(run_dir, "trajectory.png"))
             line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
             print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")
-            print(f"  best rule first/last quarter: {controls['best']['first_quarter']:.3f} / {controls['best']['last_quarter']:.3f}")
+            best_q = controls["best"]
+            print(f"  evolved individual, first / last quarter: {best_q['first_quarter']:.3f} / {best_q['last_quarter']:.3f}")
     log.summary(summary)
     log.close()
     print(f"{run_name}: final best {summary.get('final_best_fitness')}, {summary['individual_steps_per_s']:,.0f} "

@@ -67,6 +67,10 @@ def test_foodworld_eats_within_the_radius_and_relocates():
     np.testing.assert_allclose(env.s[0, 4:6], [math.cos(angle), math.sin(angle)], atol=1e-12)
     new_dist = math.hypot(math.cos(angle) - env.s[0, 0].item(), math.sin(angle) - env.s[0, 1].item())
     assert reward.item() == pytest.approx((1 - new_dist) - (0 - 0.05), abs=1e-12)
+    assert env.obs[0, 6].item() == 1.0
+    blind = M.FoodWorld(observe_count=False)
+    blind.reset(env.s.new_tensor([[0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 4.0, 1.0, 0.0]]))
+    assert blind.obs[0, 6].item() == 0.0 and blind.s[0, 6].item() == 4.0   # --observe-count False hides it
     # just outside the radius: nothing is eaten
     env = foodworld([food[0] - 0.11, food[1], 0.0, 0.0, *food, 0.0])
     env.step(torch.zeros(1, 2, dtype=torch.float64))
@@ -356,7 +360,8 @@ def test_hand_controller_eats_and_quarters_add_up():
 # Smoke runs (subprocess, temporary directory)
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [
-    ("--rule", "mpnn", "--food-layout", "fixed", "--crossover-rate", "0.5", "--fitness-agg", "min"),
+    ("--rule", "mpnn", "--food-layout", "fixed", "--crossover-rate", "0.5", "--fitness-agg", "min",
+     "--observe-count", "False"),
     ("--env", "double_pendulum", "--actor-shape", "6", "4", "1", "--rule", "abcd"),
     ("--env", "pendulum", "--actor-shape", "3", "4", "1", "--evolve", "actor", "--sigma-limit", "0.5",
      "--sigma-init", "0.1", "--elitism", "original"),
