@@ -55,7 +55,6 @@ Result:   see README ("self_critic_lm.py results"): measured at this tiny scale 
 import copy
 import hashlib
 import json
-import math
 import os
 import random
 import sys
@@ -109,7 +108,7 @@ class Args:
     """query heads of the from-scratch model"""
     n_kv_head: int = 2
     """key/value heads (grouped-query attention); must divide --n-head"""
-    block_size: int = 64
+    block_size: int = 32
     """L: tokens per LM window; the critic reads 3L tokens"""
 
     # ---- optimisation ----
@@ -123,9 +122,9 @@ class Args:
     """AdamW weight decay"""
     max_grad_norm: float = 1.0
     """global gradient-norm clip"""
-    meta_steps: int = 300
+    meta_steps: int = 50
     """phase 1 steps: LM CE + critic CE on true tokens"""
-    self_steps: int = 600
+    self_steps: int = 200
     """phase 2 steps: LM CE against the critic's argmax targets"""
     torch_threads: int = 1
     """torch CPU threads; on a shared 2-core machine one is fastest"""

@@ -1,7 +1,6 @@
 """self_critic_lm.py: oracle tests of the critic input, EMA, hack detector, metrics and shared LM blocks;
 subprocess smoke tests of every critic mode and mitigation with a tiny model."""
 
-import math
 
 import numpy as np
 import pytest
@@ -22,6 +21,17 @@ TINY = ("--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--n-kv-head", "1",
 def tiny_args(**kw) -> S.Args:
     args = S.Args(n_embd=32, n_layer=1, n_head=2, n_kv_head=1, block_size=16, **kw)
     return S.finalize_args(args)
+
+
+def save_byte_checkpoint(path) -> None:
+    """A tiny Llama with a 256-row (byte) vocabulary and a 64-token context, saved with save_pretrained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    LlamaForCausalLM(cfg).save_pretrained(path)
 
 
 class ShiftCopy(nn.Module):
@@ -189,13 +199,7 @@ def test_bpe_tokenizer_trains_saves_and_reloads(tmp_path):
 
 
 def test_loss_token_is_added_and_pretrained_embeddings_resized(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
+    save_byte_checkpoint(tmp_path / "ckpt")
     args = tiny_args(model_name_or_path=str(tmp_path / "ckpt"))
     model, info = S.build_lm(args, 257, 48)
     assert info["resized_from"] == 256 and info["n_rows"] == 257
@@ -278,12 +282,7 @@ def test_frozen_adversarial_guard_with_bpe_and_tracking(run):
 
 
 def test_ema_critic_on_a_local_pretrained_checkpoint_and_text_file(run, tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "ckpt")
+    save_byte_checkpoint(tmp_path / "ckpt")
     text = tmp_path / "corpus.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
     proc, run_dir = run(SCRIPT, *TINY, "--critic", "ema", "--ema-decay", "0.9", "--model-name-or-path",
