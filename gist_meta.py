@@ -141,7 +141,7 @@ class Args:
     """Lx: continuation tokens after the gists (the scored tokens)"""
     a_modes: tuple[str, ...] = ("gist", "full", "none")
     """attention masks to train in stage A, one model each from the same init (gist is always trained when b or c runs)"""
-    a_steps: int = 400
+    a_steps: int = 300
     """AdamW steps per stage-A model"""
     a_lr: float = 3e-3
     """AdamW learning rate of stage A (cosine decay to 10%)"""
@@ -159,7 +159,7 @@ class Args:
     """validation batches (of --batch-size sequences, fixed offsets) per evaluation"""
 
     # ---- stage B: self-produced semantic loss ----
-    b_steps: int = 150
+    b_steps: int = 100
     """N: updates of each stage-B run"""
     b_lr: float = 1e-3
     """AdamW learning rate of stage B (constant)"""
@@ -175,11 +175,11 @@ class Args:
     """tau in softmax(logits / tau) @ E for the soft predicted embeddings"""
 
     # ---- stage C: in-situ second-order meta-learning of the gist ----
-    c_steps: int = 150
+    c_steps: int = 100
     """meta steps"""
     meta_lr: float = 3e-3
     """Adam learning rate of phi (and theta with --meta-theta)"""
-    inner_lr: float = 0.3
+    inner_lr: float = 0.03
     """alpha: SGD learning rate of the inner step (and of the K evaluation steps)"""
     c_chunk_len: int = 32
     """L: tokens per training / validation chunk in stage C (the gist reads 2L + k positions)"""
@@ -269,6 +269,12 @@ def finalize_args(args: Args) -> Args:
     args.n_positions = max(args.context_len + args.num_gist_tokens + args.cont_len,
                            2 * args.c_chunk_len + args.num_gist_tokens)
     return args
+
+
+def required_tokens(args: Args) -> int:
+    """Tokens each split must hold: a stage-A window (Lc + Lx), K + 1 consecutive stage-C chunks."""
+    L = args.c_chunk_len
+    return max(args.context_len + args.cont_len, (args.eval_inner_steps + 1) * L + 1, 2 * L + 1) + 1
 
 
 def check_positions(n_positions: int, model_positions: Optional[int]) -> None:
@@ -826,8 +832,8 @@ if __name__ == "__main__":
         val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
         Lc, k, Lx, L = args.context_len, args.num_gist_tokens, args.cont_len, args.c_chunk_len
         K = args.eval_inner_steps
-        need = max(Lc + Lx, (K + 1) * L + 1, 2 * L + 1) + 1
-        check_token_counts(train_ids, val_ids, need, f"context {Lc} + continuation {Lx} and {K + 1} chunks of {L}")
+        check_token_counts(train_ids, val_ids, required_tokens(args),
+                           f"context {Lc} + continuation {Lx} and {K + 1} chunks of {L}")
         args.gist_id, args.n_vocab = tok.special_ids[GIST], tok.n_vocab
         model, model_info = build_lm(args, args.n_vocab, args.n_positions, attn_implementation="eager")
         check_positions(args.n_positions, getattr(model.config, "max_position_embeddings", None))
