@@ -1,0 +1,906 @@
+"""control_parameter.py: does a selective-pressure weight beta(s,t) with a crystallization factor C(t)
+control the learning transition?
+
+Question (seed 000, zb523/metalearning, phase 2): after reading gradient magnitude as an order
+parameter (a measurement), the seed tried a control parameter: weight each sample's squared TD
+error by a "selective pressure" that favours valuable, certain states and grows as performance
+improves. It reports that Uncertainty Focus crystallizes faster than Value Focus (C = 0.517 vs
+0.508) and concludes that crystallization measures stability, not quality. We test both claims.
+
+Task and agent: the 1-D corridor and DQN of order_parameter.py with the original phase-2
+settings: N = 30, H = 32, 300 episodes, Adam lr 1e-3, batch 64, 1 gradient step per env step,
+per-network gradient-norm clipping at 1.0 (all configurations, Baseline included).
+
+Selective pressure, per minibatch sample i with state s_i (a detached weight):
+    beta(s,t) = beta0 * exp(alpha * V(s) - gamma_u * U(s)) * C(t)
+    L = mean_i beta(s_i,t) * (Q(s_i,a_i) - y_i)^2                    (Baseline: beta = 1)
+    V(s)   running arithmetic mean of max_a Q_online(s,a), updated once per real env step for the
+           state the agent acted in (not during pre-fill); unseen states have V = 0.
+    U(s)   EMA of the variance of Q across actions, U <- 0.8 U + 0.2 var_a Q(s,.) (torch.var,
+           unbiased: (Q0-Q1)^2/2 with two actions), updated per minibatch sample *after* that
+           sample's beta is read, in sample order (duplicates of a state in one minibatch see each
+           other's updates, as in the original's per-sample loop); unseen states have U = 1 and
+           take the first value directly. --uncertainty constant reproduces the original, whose
+           shape check made U = 1 for every state, always.
+    C(t)   C0 = 0.5; after every episode e >= 10: m_e = mean return of episodes e-9..e,
+           C <- clip(C + kappa * (m_e - m_prev) / |m_prev + 1e-8|, 0.1, 2) (the first update uses 0).
+State ids are exact corridor cells (the original rounded p/N to 2 decimals: the same for N <= 100);
+gymnasium observations are rounded to 2 decimals and hashed into --table-size slots. V, U and the
+visit counts are [M, S] tensors; beta uses the Q values of the training forward pass, so there is
+no extra forward per sample.
+
+Configurations (beta0 = 1, C0 = 0.5):   alpha   gamma_u   kappa
+    Baseline                              -        -        -      (plain mean, C not used)
+    SelectivePressure                    0.1      0.2      0.01
+    ValueFocus                           0.3      0.1      0.01
+    UncertaintyFocus                     0.1      0.4      0.02
+    UncertaintyFocusK01                  0.1      0.4      0.01    (ablation: UF with VF's kappa)
+Why the ablation: C(T) - C0 = kappa * sum of relative improvements, and those sums depend on the
+returns, not on alpha or gamma_u; Adam is nearly invariant to a constant loss scale, so with U = 1
+the only real difference between the pressure configs is the relative weight exp(alpha V(s)).
+The reported 0.517 vs 0.508 is then kappa = 0.02 vs 0.01 alone.
+
+Run:      python control_parameter.py                           # 5 configs x 5 seeds, fixed U
+          python control_parameter.py --uncertainty constant    # the original's U = 1
+Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: episode), summary.json,
+          control_parameter_analysis.png, crystallization_evolution.png
+Runtime:  about a minute on one CPU thread (README).
+Result:   see the README: no configuration beats Baseline on return; C(T) orders with kappa.
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+
+
+@dataclass
+class Args:
+    # ---- infrastructure ----
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of the experiment; the run folder is runs/{exp_name}__{seed}__{unix time}"""
+    seed: int = 1
+    """seed of python, numpy and torch; one seed draws every member of the comparison"""
+    torch_deterministic: bool = True
+    """set torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA if it is available (permission, not demand)"""
+    track: bool = False
+    """mirror every metric to Weights & Biases (works with WANDB_MODE=offline)"""
+    wandb_project_name: str = "metalearning"
+    """W&B project name"""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team); None uses the default"""
+
+    # ---- comparison ----
+    env: str = "corridor"
+    """corridor (the original 1-D task) or a gymnasium id with discrete actions, e.g. CartPole-v1"""
+    env_size: int = 30
+    """corridor length N (ignored by gymnasium envs)"""
+    hidden_dim: int = 32
+    """hidden width H of both hidden layers"""
+    configs: tuple[str, ...] = ("Baseline", "SelectivePressure", "ValueFocus", "UncertaintyFocus",
+                                "UncertaintyFocusK01")
+    """configurations to compare (see CONFIGS)"""
+    num_seeds: int = 5
+    """independent runs per configuration"""
+    episodes: int = 300
+    """training episodes per run"""
+    max_steps: int = 50
+    """episode time limit in env steps"""
+    uncertainty: str = "variance"
+    """U(s): variance (EMA of var_a Q(s,.), the intended rule) or constant (U = 1, the original's bug)"""
+    beta0: float = 1.0
+    """base pressure beta0"""
+    c0: float = 0.5
+    """initial crystallization C0"""
+    c_min: float = 0.1
+    """lower clip of C"""
+    c_max: float = 2.0
+    """upper clip of C"""
+    u_ema: float = 0.8
+    """U <- u_ema * U + (1 - u_ema) * var_a Q"""
+    c_window: int = 10
+    """C uses the mean return of the last c_window episodes, from episode c_window on"""
+    table_size: int = 4096
+    """gymnasium envs: slots of the hashed per-state tables V, U"""
+    success_return: float = 195.0
+    """gymnasium envs: an episode with at least this return counts as a success"""
+
+    # ---- DQN (the original's phase-2 settings) ----
+    learning_rate: float = 1e-3
+    """Adam learning rate"""
+    discount: float = 0.99
+    """discount factor of the TD target"""
+    batch_size: int = 64
+    """minibatch size of each gradient step"""
+    buffer_size: int = 10_000
+    """replay capacity per run (FIFO)"""
+    prefill: int = 1000
+    """transitions collected before training (corridor: random with p 0.5, else right)"""
+    grad_steps: int = 1
+    """gradient steps per env step"""
+    max_grad_norm: float = 1.0
+    """per-network gradient-norm clip"""
+    target_every: int = 10
+    """copy the online net to the target after each episode e with e % target_every == 0"""
+    eps_start: float = 1.0
+    """initial epsilon of epsilon-greedy"""
+    eps_end: float = 0.01
+    """floor of epsilon"""
+    eps_decay: float = 0.99
+    """multiplicative epsilon decay per episode"""
+    bootstrap_truncation: bool = False
+    """bootstrap the TD target at the time limit (False: a time-out is terminal, as the original)"""
+    bootstrap: int = 2000
+    """bootstrap resamples for every confidence interval"""
+    torch_threads: int = 1
+    """torch CPU threads; one is fastest for these tiny networks"""
+
+    # ---- derived at runtime ----
+    num_members: tyro.conf.Suppress[int] = 0
+    """runs trained in lockstep: len(configs) * num_seeds"""
+
+
+# name: (weighted, alpha, gamma_u, kappa); Baseline keeps C's bookkeeping (kappa 0.01, the
+# original's default controller) but never uses it.
+CONFIGS = {
+    "Baseline": (False, 0.0, 0.0, 0.01),
+    "SelectivePressure": (True, 0.1, 0.2, 0.01),
+    "ValueFocus": (True, 0.3, 0.1, 0.01),
+    "UncertaintyFocus": (True, 0.1, 0.4, 0.02),
+    "UncertaintyFocusK01": (True, 0.1, 0.4, 0.01),
+}
+UNCERTAINTY = ("variance", "constant")
+
+
+def finalize_args(args: Args) -> Args:
+    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
+    if not args.configs:
+        raise ValueError("--configs needs at least one configuration")
+    unknown = [c for c in args.configs if c not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown --configs {unknown}; choose from {', '.join(CONFIGS)}")
+    if len(set(args.configs)) != len(args.configs):
+        raise ValueError(f"--configs lists a configuration twice: {list(args.configs)}")
+    if args.uncertainty not in UNCERTAINTY:
+        raise ValueError(f"unknown --uncertainty {args.uncertainty!r}; choose one of {', '.join(UNCERTAINTY)}")
+    if args.env == "corridor":
+        if args.env_size < 2:
+            raise ValueError(f"--env-size must be >= 2 (start != goal), got {args.env_size}")
+    else:
+        check_gym_env(args.env)
+    for name in ("hidden_dim", "num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "grad_steps",
+                 "target_every", "c_window", "table_size", "bootstrap", "torch_threads", "max_grad_norm"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
+        raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
+                         f"{args.buffer_size}")
+    if not 0 < args.c_min <= args.c0 <= args.c_max:
+        raise ValueError(f"need 0 < --c-min <= --c0 <= --c-max, got {args.c_min}, {args.c0}, {args.c_max}")
+    if not 0 <= args.u_ema < 1:
+        raise ValueError(f"--u-ema must lie in [0, 1), got {args.u_ema}")
+    args.num_members = len(args.configs) * args.num_seeds
+    return args
+
+
+# ==================================================================================================
+# Environments: M independent copies stepped in lockstep. step() returns the true next
+# observation, the reward, terminated, truncated, and the observation to act on next (the first
+# observation of a new episode where one ended).
+# ==================================================================================================
+# >>> copied: dqn-envs
+class Corridor:
+    """M 1-D corridors of lengths sizes[m]; positions are integer tensors on the device."""
+
+    n_actions = 2
+    obs_dim = 1
+
+    def __init__(self, sizes: torch.Tensor, max_steps: int):
+        self.sizes, self.max_steps = sizes, max_steps                  # [M] long
+        self.pos = torch.zeros_like(sizes)                             # [M] long, cell index
+        self.steps = torch.zeros_like(sizes)                           # [M] long, steps this episode
+
+    def observe(self) -> torch.Tensor:
+        return (self.pos.to(torch.get_default_dtype()) / self.sizes).unsqueeze(-1)   # [M, 1] = p/N
+
+    def reset(self) -> torch.Tensor:
+        self.pos.zero_(), self.steps.zero_()
+        return self.observe()
+
+    def keys(self) -> torch.Tensor:
+        """Exact discrete state id per member: the cell the member is in now.  [M] long"""
+        return self.pos
+
+    def all_states(self) -> torch.Tensor:
+        """Every cell's observation p/N, [M, max N, 1] (rows p >= N are padding, never indexed).
+        A minibatch touches at most N distinct states, so Q can be evaluated once per cell."""
+        cells = torch.arange(int(self.sizes.max()), device=self.sizes.device, dtype=torch.get_default_dtype())
+        return (cells[None, :] / self.sizes[:, None]).unsqueeze(-1)
+
+    def step(self, action: torch.Tensor):
+        # left at p = 0 stays put; right never meets the wall because reaching N-1 ends the episode
+        self.pos = torch.clamp(self.pos + 2 * action - 1, min=0)
+        self.steps = self.steps + 1
+        at_goal = self.pos == self.sizes - 1
+        reward = torch.where(at_goal, 10.0, -1.0).to(torch.get_default_dtype())
+        truncated = ~at_goal & (self.steps >= self.max_steps)            # goal is checked first
+        next_obs, self.next_keys = self.observe(), self.pos             # the true next state and its cell
+        ended = at_goal | truncated
+        self.pos = torch.where(ended, 0, self.pos)
+        self.steps = torch.where(ended, 0, self.steps)
+        return next_obs, reward, at_goal, truncated, self.observe()
+
+
+class GymBatch:
+    """M copies of a gymnasium env (SAME_STEP autoreset) behind the Corridor interface."""
+
+    def __init__(self, env_id: str, num: int, max_steps: int, seed: int, device: torch.device):
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make(env_id, max_episode_steps=max_steps) for _ in range(num)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.n_actions = int(self.envs.single_action_space.n)
+        self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
+        self.seed, self.device, self.obs = seed, device, None
+
+    def _t(self, x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.get_default_dtype(), device=self.device)
+
+    def reset(self) -> torch.Tensor:
+        obs, _ = self.envs.reset(seed=self.seed)
+        self.obs = self._t(obs).reshape(len(obs), -1)
+        return self.obs
+
+    def keys(self, table_size: int) -> torch.Tensor:
+        """Hash of the observation rounded to 2 decimals (the original's key) into table_size slots."""
+        q = torch.round(self.obs * 100).long()
+        primes = torch.tensor([1, 1_000_003, 998_244_353, 1_000_000_007, 19_260_817, 2_654_435_761][: q.shape[1]]
+                              + [7919] * max(0, q.shape[1] - 6), device=q.device)
+        return (q * primes).sum(-1) % table_size
+
+    def step(self, action: torch.Tensor):
+        obs, reward, term, trunc, info = self.envs.step(action.cpu().numpy())   # host sync: the env is on the CPU
+        next_obs = np.array(obs, dtype=np.float64).reshape(len(obs), -1)
+        ended = term | trunc
+        if ended.any():
+            next_obs[ended] = np.stack(info["final_obs"][ended]).reshape(int(ended.sum()), -1)
+        self.obs = self._t(obs).reshape(len(obs), -1)
+        dev = self.device
+        return (self._t(next_obs), self._t(reward), torch.as_tensor(term, device=dev),
+                torch.as_tensor(trunc & ~term, device=dev), self.obs)
+
+
+def check_gym_env(env_id: str) -> None:
+    """One-line ValueError unless env_id is a gymnasium env with discrete actions and a Box observation."""
+    try:
+        env = gym.make(env_id)
+    except Exception as e:  # gymnasium raises several error types for unknown ids
+        raise ValueError(f"unknown --env {env_id!r}: use corridor or a gymnasium id ({type(e).__name__})") from None
+    ok = isinstance(env.action_space, gym.spaces.Discrete) and isinstance(env.observation_space, gym.spaces.Box)
+    env.close()
+    if not ok:
+        raise ValueError(f"--env {env_id} needs discrete actions and a Box observation")
+# <<< copied: dqn-envs
+
+
+# ==================================================================================================
+# Batched DQN: the Q-networks of all M members in one flat parameter tensor theta [M, P].
+# ==================================================================================================
+# >>> copied: dqn-batched
+def mlp_layout(obs_dim: int, hidden: int, n_actions: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and per-member shapes of the flat parameter vector: x @ W + b, three layers."""
+    return [("W1", (obs_dim, hidden)), ("b1", (hidden,)), ("W2", (hidden, hidden)), ("b2", (hidden,)),
+            ("W3", (hidden, n_actions)), ("b3", (n_actions,))]
+
+
+def unflatten(theta: torch.Tensor, layout) -> dict[str, torch.Tensor]:
+    """Views of theta [M, P] as {name: [M, *shape]}; differentiable, no copies."""
+    out, i = {}, 0
+    for name, shape in layout:
+        n = math.prod(shape)
+        out[name] = theta[:, i:i + n].view(theta.shape[0], *shape)
+        i += n
+    return out
+
+
+def init_theta(hidden: torch.Tensor, obs_dim: int, max_hidden: int, n_actions: int,
+               gen: torch.Generator) -> torch.Tensor:
+    """PyTorch's nn.Linear init per member (weights and biases U(+-1/sqrt(fan_in))), with the
+    units beyond each member's own width hidden[m] set to zero.  hidden: [M] long.  -> [M, P]"""
+    M, device = hidden.shape[0], hidden.device
+    layout = mlp_layout(obs_dim, max_hidden, n_actions)
+    P = sum(math.prod(s) for _, s in layout)
+    theta = torch.rand(M, P, generator=gen, device=device) * 2 - 1
+    p = unflatten(theta, layout)
+    unit = torch.arange(max_hidden, device=device)
+    live = (unit[None, :] < hidden[:, None]).to(theta.dtype)                    # [M, Hmax]
+    fan1 = torch.full((M,), float(obs_dim), device=device)
+    fanh = hidden.to(theta.dtype)
+    for name, fan, mask in (("W1", fan1, live[:, None, :]), ("b1", fan1, live),
+                            ("W2", fanh, live[:, :, None] * live[:, None, :]), ("b2", fanh, live),
+                            ("W3", fanh, live[:, :, None]), ("b3", fanh, None)):
+        scale = fan.rsqrt().view(M, *([1] * (p[name].dim() - 1)))
+        p[name].mul_(scale * (1 if mask is None else mask))
+    return theta
+
+
+def q_values(theta: torch.Tensor, layout, x: torch.Tensor) -> torch.Tensor:
+    """Q of every member on its own inputs.  theta [M, P], x [M, B, obs_dim] -> [M, B, n_actions]"""
+    return mlp_forward(unflatten(theta, layout), x)[0]
+
+
+def mlp_forward(p: dict, x: torch.Tensor):
+    """q = relu(relu(x W1 + b1) W2 + b2) W3 + b3 per member; also returns what the backward needs."""
+    h1 = torch.relu(torch.baddbmm(p["b1"].unsqueeze(1), x, p["W1"]))                # [M, B, H]
+    h2 = torch.relu(torch.baddbmm(p["b2"].unsqueeze(1), h1, p["W2"]))               # [M, B, H]
+    return torch.baddbmm(p["b3"].unsqueeze(1), h2, p["W3"]), (x, h1, h2)            # [M, B, A]
+
+
+def mlp_backward(p: dict, cache, g_q: torch.Tensor) -> torch.Tensor:
+    """Hand-written backward of mlp_forward: dLoss/dq [M, B, A] -> dLoss/dtheta [M, P] in the flat
+    layout.  ReLU' is taken as 1[h > 0], which is torch's convention (ReLU'(0) = 0), so zero-padded
+    units get exactly zero gradient.  Checked against autograd in tests."""
+    x, h1, h2 = cache
+    g2 = torch.bmm(g_q, p["W3"].transpose(1, 2)) * (h2 > 0)                         # dL/dz2 [M, B, H]
+    g1 = torch.bmm(g2, p["W2"].transpose(1, 2)) * (h1 > 0)                          # dL/dz1 [M, B, H]
+    parts = (torch.bmm(x.transpose(1, 2), g1), g1.sum(1), torch.bmm(h1.transpose(1, 2), g2), g2.sum(1),
+             torch.bmm(h2.transpose(1, 2), g_q), g_q.sum(1))
+    return torch.cat([t.flatten(1) for t in parts], 1)
+
+
+class BatchedAdam:
+    """torch.optim.Adam's update, per member, on theta [M, P]; inactive members do not move."""
+
+    def __init__(self, theta: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.m, self.v = torch.zeros_like(theta), torch.zeros_like(theta)
+        self.t = torch.zeros(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+
+    @torch.no_grad()
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
+        a = active.to(theta.dtype).unsqueeze(1)                                    # [M, 1]
+        self.t += a
+        self.m.lerp_(grad, (1 - self.b1) * a)                                      # m <- b1 m + (1-b1) g
+        self.v.mul_(1 - (1 - self.b2) * a).addcmul_(grad, grad, value=1 - self.b2)  # inactive: grad is 0
+        t = self.t.clamp(min=1)
+        denom = (self.v / (1 - self.b2 ** t)).sqrt_().add_(self.eps)
+        theta.addcdiv_(self.m * (a * self.lr / (1 - self.b1 ** t)), denom, value=-1)
+
+
+class ReplayBuffers:
+    """One FIFO replay buffer per member, [M, capacity, ...]; every member adds one row per tick.
+    key/next_key are discrete state ids (corridor cells), or 0 where the env has none."""
+
+    FIELDS = ("obs", "action", "reward", "next_obs", "done", "key", "next_key")
+
+    def __init__(self, M: int, capacity: int, obs_dim: int, device: torch.device):
+        f, long = torch.get_default_dtype(), torch.long
+        self.obs = torch.zeros(M, capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(M, capacity, obs_dim, device=device)
+        self.action, self.key, self.next_key = (torch.zeros(M, capacity, dtype=long, device=device) for _ in range(3))
+        self.reward = torch.zeros(M, capacity, dtype=f, device=device)
+        self.done = torch.zeros(M, capacity, dtype=f, device=device)
+        self.capacity, self.ptr, self.size = capacity, 0, 0
+
+    def add(self, obs, action, reward, next_obs, done, key=0, next_key=0) -> None:
+        i = self.ptr
+        self.obs[:, i], self.action[:, i], self.reward[:, i] = obs, action, reward
+        self.next_obs[:, i], self.done[:, i] = next_obs, done.to(self.done.dtype)
+        self.key[:, i], self.next_key[:, i] = key, next_key
+        self.ptr, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
+
+    def sample(self, batch: int, gen: torch.Generator) -> dict:
+        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}."""
+        idx = torch.randint(0, self.size, (self.obs.shape[0], batch), generator=gen, device=self.obs.device)
+        out = {}
+        for name in self.FIELDS:
+            x = getattr(self, name)
+            out[name] = torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+        return out
+
+
+def keep_rows(obj, rows: torch.Tensor) -> None:
+    """Keep only the given members (first-dim rows) of every per-member tensor attribute of obj."""
+    n = None
+    for name, value in vars(obj).items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            n = value.shape[0] if n is None else n
+            if value.shape[0] == n:
+                setattr(obj, name, value[rows])
+
+
+def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """q [M, A], eps [M] -> actions [M]: uniform with probability eps, else argmax (first on ties)."""
+    explore = torch.rand(q.shape[0], generator=gen, device=q.device) < eps
+    random_a = torch.randint(0, q.shape[1], (q.shape[0],), generator=gen, device=q.device)
+    return torch.where(explore, random_a, q.argmax(-1))
+
+
+def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active: torch.Tensor,
+                     weight_fn=None, table: Optional[torch.Tensor] = None):
+    """Per-member (weighted) mean squared TD error and its gradient w.r.t. theta.
+
+    batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
+    (plain mean). The weights are detached: they scale each sample's squared error, nothing more.
+        L_m = mean_b w_b (Q(s_b, a_b) - y_b)^2,   y = r + discount * max_a' Q_target(s', a') * (1 - done)
+    Returns (loss [M], grad [M,P] (zero for inactive members), q_rows [M,B,A] = Q(s_b, .) before the step).
+    table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
+    gathered by key: the same loss and gradient, with S instead of B rows per member.
+    """
+    M, B = batch["action"].shape
+    if table is None:                                   # every sample is its own row
+        x, x_next = batch["obs"], batch["next_obs"]
+        key = next_key = torch.arange(B, device=theta.device).expand(M, B)
+    else:
+        x = x_next = table
+        key, next_key = batch["key"], batch["next_key"]
+    with torch.no_grad():
+        v_next = q_values(target, layout, x_next).amax(-1)                              # [M, S]
+        y = batch["reward"] + discount * v_next.gather(1, next_key) * (1 - batch["done"])
+        p = unflatten(theta, layout)
+        q_tab, cache = mlp_forward(p, x)                                                # [M, S, A]
+        A = q_tab.shape[-1]
+        flat = key * A + batch["action"]                                                # [M, B] into S*A
+        err = q_tab.flatten(1).gather(1, flat) - y
+        q_rows = q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A))                  # Q(s_b, .) [M, B, A]
+        w = torch.ones_like(err) if weight_fn is None else weight_fn(q_rows)
+        loss = (w * err * err).mean(1)
+        g_sa = (2.0 / B) * w * err * active.unsqueeze(1).to(err.dtype)                 # dL_m/dQ(s_b, a_b)
+        g_q = torch.zeros_like(q_tab).flatten(1).scatter_add_(1, flat, g_sa).view_as(q_tab)
+        grad = mlp_backward(p, cache, g_q)
+    return loss, grad, q_rows
+
+
+def clip_per_member(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ applied to each member's gradient separately."""
+    norm = grad.norm(dim=1, keepdim=True)
+    return grad * (max_norm / (norm + 1e-6)).clamp(max=1.0)
+# <<< copied: dqn-batched
+
+
+# ==================================================================================================
+# Selective pressure: per-state tables [M, S] and the crystallization factor [M]
+# ==================================================================================================
+class PressureTables:
+    """V(s) (running mean of max_a Q), U(s) (EMA of var_a Q) and whether U was ever set, per member."""
+
+    def __init__(self, M: int, S: int, device: torch.device):
+        f = torch.get_default_dtype()
+        self.v_sum = torch.zeros(M, S, dtype=f, device=device)
+        self.v_cnt = torch.zeros(M, S, dtype=f, device=device)
+        self.u = torch.ones(M, S, dtype=f, device=device)          # unseen states read U = 1
+        self.u_seen = torch.zeros(M, S, dtype=torch.bool, device=device)
+
+    def value(self, key: torch.Tensor) -> torch.Tensor:
+        """V at keys [M, B] (0 where never visited)."""
+        s, c = self.v_sum.gather(1, key), self.v_cnt.gather(1, key)
+        return torch.where(c > 0, s / c.clamp(min=1), 0.0)
+
+    def update_value(self, key: torch.Tensor, max_q: torch.Tensor, active: torch.Tensor) -> None:
+        """One env step: V(s_t) <- running mean including max_a Q(s_t, a).  key, max_q, active: [M]."""
+        a = active.to(max_q.dtype)
+        self.v_sum.scatter_add_(1, key.unsqueeze(1), (max_q * a).unsqueeze(1))
+        self.v_cnt.scatter_add_(1, key.unsqueeze(1), a.unsqueeze(1))
+
+
+def uncertainty_read_and_update(tables: PressureTables, key: torch.Tensor, u_new: torch.Tensor,
+                                ema: float, active: torch.Tensor) -> torch.Tensor:
+    """The original's per-sample loop, vectorised: sample i reads U(s_i), then sets
+    U(s_i) <- u_new_i if s_i was never seen, else ema*U(s_i) + (1-ema)*u_new_i, in sample order.
+
+    key [M, B], u_new [M, B] (equal for equal keys: one network, one state). Returns U as read [M, B].
+    For the j-th occurrence (j = 0, 1, ...) of a state in the minibatch, with U0 and u its values:
+        seen before:   U_j = ema^j U0 + (1 - ema^j) u          after the batch: j = count
+        unseen:        U_0 = 1 (the default), U_j = u for j >= 1 after the first update
+    """
+    M, B = key.shape
+    S = tables.u.shape[1]
+    onehot = torch.nn.functional.one_hot(key, S).to(u_new.dtype)                    # [M, B, S]
+    rank = ((onehot.cumsum(1) - onehot) * onehot).sum(-1)                           # occurrences before i
+    count = onehot.sum(1)                                                           # [M, S]
+    u0, seen = tables.u.gather(1, key), tables.u_seen.gather(1, key)
+    decay = ema ** rank
+    read = torch.where(seen, decay * u0 + (1 - decay) * u_new, torch.where(rank > 0, u_new, torch.ones_like(u0)))
+    # end-of-batch state per touched slot: u of that state (any sample of it) and its count
+    u_state = torch.zeros_like(tables.u).scatter_(1, key, u_new)                    # [M, S]
+    touched = (count > 0) & active.unsqueeze(1)
+    decay_all = ema ** count
+    after = torch.where(tables.u_seen, decay_all * tables.u + (1 - decay_all) * u_state, u_state)
+    tables.u = torch.where(touched, after, tables.u)
+    tables.u_seen |= touched
+    return read
+
+
+def selective_pressure(beta0: float, alpha: torch.Tensor, gamma_u: torch.Tensor, c: torch.Tensor,
+                       v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """beta = beta0 * exp(alpha V - gamma_u U) * C.  alpha, gamma_u, c: [M]; v, u: [M, B] -> [M, B]"""
+    return beta0 * torch.exp(alpha.unsqueeze(1) * v - gamma_u.unsqueeze(1) * u) * c.unsqueeze(1)
+
+
+def crystallization_update(c: torch.Tensor, prev_mean: torch.Tensor, has_prev: torch.Tensor, mean: torch.Tensor,
+                           kappa: torch.Tensor, c_min: float, c_max: float):
+    """C <- clip(C + kappa * (m - m_prev) / |m_prev + 1e-8|, c_min, c_max); improvement 0 the first time.
+    All [M]. Returns (new C, the relative improvement)."""
+    improvement = torch.where(has_prev, (mean - prev_mean) / (prev_mean + 1e-8).abs(), torch.zeros_like(mean))
+    return (c + kappa * improvement).clamp(c_min, c_max), improvement
+
+
+def mean_ci(x: np.ndarray, reps: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and bootstrap percentile CI of the mean."""
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return float(x.mean()), float("nan"), float("nan")
+    means = rng.choice(x, size=(reps, len(x)), replace=True).mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean()), float(lo), float(hi)
+
+
+def diff_ci(x: np.ndarray, y: np.ndarray, reps: int, rng: np.random.Generator, level: float = 0.95):
+    """mean(x) - mean(y) with a bootstrap CI (independent resampling of both groups)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    d = rng.choice(x, size=(reps, len(x))).mean(1) - rng.choice(y, size=(reps, len(y))).mean(1)
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return float(x.mean() - y.mean()), float(lo), float(hi)
+
+
+# ==================================================================================================
+# Run machinery. Blocks between "# >>> copied:" and "# <<< copied:" are byte-identical in every
+# script that has them; tests/test_copied_blocks.py fails when two copies drift.
+# ==================================================================================================
+# >>> copied: seeding
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    """Seed python, numpy and torch; make cuDNN deterministic if asked."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# <<< copied: seeding
+
+
+# >>> copied: device
+def pick_device(cuda: bool) -> torch.device:
+    """CUDA is permission, not demand: use it only when asked for and present."""
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+# <<< copied: device
+
+
+# >>> copied: run-name
+def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    base = f"{exp_name}__{seed}__{int(time.time())}"
+    for k in range(10_000):
+        run_name = base if k == 0 else f"{base}-{k}"
+        run_dir = os.path.join(root, run_name)
+        try:
+            os.makedirs(run_dir)
+            return run_name, run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder for {base}")
+# <<< copied: run-name
+
+
+# >>> copied: wandb-init
+def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
+    """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
+    import wandb
+
+    run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args),
+                     name=run_name, dir=run_dir, save_code=True)
+    run.define_metric(x_axis)
+    run.define_metric("*", step_metric=x_axis)
+    return run
+# <<< copied: wandb-init
+
+
+# >>> copied: outputs
+def _to_builtin(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    return str(value)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_to_builtin)
+
+
+class RunLog:
+    """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
+    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+
+    def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
+        self.run_dir, self.x_axis = run_dir, x_axis
+        write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
+
+    def log(self, x: int, row: dict) -> None:
+        row = {self.x_axis: x, **row}
+        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row)
+
+    def summary(self, summary: dict) -> None:
+        write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+# <<< copied: outputs
+
+
+# ==================================================================================================
+# Plots
+# ==================================================================================================
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def moving_average(x: np.ndarray, k: int) -> np.ndarray:
+    """Trailing k-episode mean along the last axis (shorter windows at the start)."""
+    c = np.cumsum(np.concatenate([np.zeros(x.shape[:-1] + (1,)), x], -1), -1)
+    n = np.arange(1, x.shape[-1] + 1)
+    lo = np.maximum(n - k, 0)
+    return (c[..., n] - c[..., lo]) / (n - lo)
+
+
+def plot_analysis(names, returns, beta_mean, member_cfg, path) -> None:
+    """Top: 10-episode moving-average return per configuration (mean over seeds, band = min..max).
+    Bottom: mean selective pressure beta per episode (the original plotted every per-sample beta)."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for c, name in enumerate(names):
+        ma = moving_average(returns[member_cfg == c], 10)
+        line, = a1.plot(ma.mean(0), lw=1.5, label=name)
+        a1.fill_between(np.arange(ma.shape[1]), ma.min(0), ma.max(0), color=line.get_color(), alpha=0.12)
+        if name != "Baseline":
+            a2.plot(np.nanmean(beta_mean[member_cfg == c], 0), lw=1, color=line.get_color(), label=name)
+    a1.set(ylabel="return (10-episode MA)", title="performance under selective pressure (mean over seeds)")
+    a1.legend(fontsize=8)
+    a2.set(xlabel="episode", ylabel="mean beta(s,t) of the episode's samples", title="selective pressure")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_crystallization(names, c_hist, member_cfg, path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for c, name in enumerate(names):
+        if name == "Baseline":
+            continue
+        h = c_hist[member_cfg == c]
+        line, = ax.plot(h.mean(0), lw=1.5, label=name)
+        ax.fill_between(np.arange(h.shape[1]), h.min(0), h.max(0), color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="episode", ylabel="crystallization C(t)", title="crystallization evolution (mean, min..max over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ==================================================================================================
+# Main
+# ==================================================================================================
+if __name__ == "__main__":
+    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize_args(args)
+    except ValueError as e:
+        sys.exit(f"control_parameter.py: error: {e}")
+    torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = pick_device(args.cuda)
+    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
+    log = RunLog(args, run_name, run_dir, x_axis="episode")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+
+    # ---- members: every (configuration, seed) ----
+    names = list(args.configs)
+    M, E = args.num_members, args.episodes
+    member_cfg = np.repeat(np.arange(len(names)), args.num_seeds)
+    member_names = [f"{names[c]}_s{i % args.num_seeds}" for i, c in enumerate(member_cfg)]
+    coef = torch.tensor([CONFIGS[names[c]] for c in member_cfg], device=device, dtype=torch.get_default_dtype())
+    weighted, alpha, gamma_u, kappa = coef[:, 0] > 0, coef[:, 1], coef[:, 2], coef[:, 3]
+    corridor = args.env == "corridor"
+    if corridor:
+        env = Corridor(torch.full((M,), args.env_size, device=device), args.max_steps)
+        n_keys, key_of = args.env_size, env.keys
+    else:
+        env = GymBatch(args.env, M, args.max_steps, args.seed, device)
+        n_keys, key_of = args.table_size, lambda: env.keys(args.table_size)
+    layout = mlp_layout(env.obs_dim, args.hidden_dim, env.n_actions)
+    theta = init_theta(torch.full((M,), args.hidden_dim, device=device), env.obs_dim, args.hidden_dim,
+                       env.n_actions, gen)
+    target = theta.clone()
+    adam = BatchedAdam(theta, args.learning_rate)
+    buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
+    tables = PressureTables(M, n_keys, device)
+    table = env.all_states() if corridor else None            # corridor: Q once per cell, gathered by key
+
+    # ---- pre-fill (corridor: random with p 0.5, else right, as the original; gymnasium: uniform) ----
+    obs = env.reset()
+    for _ in range(args.prefill):
+        if corridor:
+            coin = torch.rand(M, generator=gen, device=device) < 0.5
+            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
+        else:
+            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
+        key = key_of()
+        next_obs, reward, term, trunc, after = env.step(action)
+        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
+                key, env.next_keys if corridor else key_of())
+        obs = after
+
+    # ---- training, all members in lockstep: one tick = one env step of every member ----
+    obs = env.reset()
+    eps = torch.full((M,), args.eps_start, device=device)
+    crystal = torch.full((M,), args.c0, device=device)
+    prev_mean, has_prev = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
+    ep_count = torch.zeros(M, dtype=torch.long, device=device)
+    ep_ret, ep_success = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
+    b_sum, b_cnt = torch.zeros(M, device=device), torch.zeros(M, device=device)
+    recent = torch.zeros(M, args.c_window, device=device)                  # ring of the last returns
+    returns = torch.full((M, E), float("nan"), device=device)
+    c_hist, beta_hist = returns.clone(), returns.clone()
+    success = torch.zeros(M, E, dtype=torch.bool, device=device)
+    ids = torch.arange(M, device=device)
+    status, tick, logged = "ok", 0, 0
+    start = last_print = time.time()
+
+    def log_finished_episodes(upto: int) -> None:
+        """metrics.jsonl rows for the episodes every member has finished (x-axis: episode)."""
+        global logged
+        r, c, b = (x[:, logged:upto].cpu().numpy() for x in (returns, c_hist, beta_hist))
+        for k, e in enumerate(range(logged, upto)):
+            row = {}
+            for ci, name in enumerate(names):
+                sel = member_cfg == ci
+                row[f"return_mean/{name}"] = float(r[sel, k].mean())
+                row[f"crystallization_mean/{name}"] = float(c[sel, k].mean())
+            for m, nm in enumerate(member_names):
+                row[f"return/{nm}"], row[f"crystallization/{nm}"] = float(r[m, k]), float(c[m, k])
+                row[f"beta_mean/{nm}"] = float(b[m, k])
+            log.log(e, row)
+        logged = upto
+
+    while True:
+        active = ep_count < E
+        with torch.no_grad():
+            q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)                # [M, A], before training
+        action = epsilon_greedy(q, eps, gen)
+        key = key_of()
+        tables.update_value(key, q.amax(-1), active)                  # V(s_t): running mean of max_a Q(s_t, a)
+        next_obs, reward, term, trunc, after = env.step(action)
+        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
+                key, env.next_keys if corridor else key_of())
+        obs = after
+        if buf.size > args.batch_size:
+            for _ in range(args.grad_steps):
+                batch = buf.sample(args.batch_size, gen)
+                v = tables.value(batch["key"])
+
+                def pressure(q_rows: torch.Tensor) -> torch.Tensor:
+                    """beta per sample from the same forward pass as the loss (Q before this step)."""
+                    global beta
+                    u_new = q_rows.var(-1) if args.uncertainty == "variance" else torch.ones_like(v)
+                    u = uncertainty_read_and_update(tables, batch["key"], u_new, args.u_ema, active)
+                    beta = selective_pressure(args.beta0, alpha, gamma_u, crystal, v, u)
+                    return torch.where(weighted.unsqueeze(1), beta, 1.0)
+
+                _, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active,
+                                              weight_fn=pressure, table=table)
+                adam.step(theta, clip_per_member(grad, args.max_grad_norm), active)
+                b_sum += beta.mean(1) * active
+                b_cnt += active
+
+        # ---- episode bookkeeping (the original's order: target copy, eps decay, then C) ----
+        ended = term | trunc
+        fin = ended & active
+        ep_ret += reward
+        ep_success |= (term if corridor else torch.zeros_like(term))
+        e = ep_count.clamp(max=E - 1)
+        slot = ids * E + e
+        for store, value in ((returns, ep_ret), (beta_hist, b_sum / b_cnt.clamp(min=1))):
+            flat = store.view(-1)
+            flat[slot] = torch.where(fin, value, flat[slot])
+        if not corridor:
+            ep_success = ep_ret >= args.success_return
+        success.view(-1)[slot] = torch.where(fin, ep_success, success.view(-1)[slot])
+        target = torch.where((fin & (ep_count % args.target_every == 0)).unsqueeze(1), theta, target)
+        eps = torch.where(fin, (eps * args.eps_decay).clamp(min=args.eps_end), eps)
+        # C: from episode c_window on, the mean of the last c_window returns (episodes e-9..e)
+        recent.view(-1)[ids * args.c_window + e % args.c_window] = torch.where(
+            fin, ep_ret, recent.view(-1)[ids * args.c_window + e % args.c_window])
+        upd = fin & (ep_count >= args.c_window)
+        new_c, _ = crystallization_update(crystal, prev_mean, has_prev, recent.mean(1), kappa, args.c_min, args.c_max)
+        crystal = torch.where(upd, new_c, crystal)
+        prev_mean = torch.where(upd, recent.mean(1), prev_mean)
+        has_prev |= upd
+        flat = c_hist.view(-1)
+        flat[slot] = torch.where(fin, crystal, flat[slot])
+        ep_count += fin.long()
+        for acc in (ep_ret, b_sum, b_cnt):
+            acc.masked_fill_(ended, 0.0)
+        ep_success &= ~ended
+        tick += 1
+
+        if tick % 500 == 0 or tick % args.max_steps == 0:
+            any_active = bool((ep_count < E).any())
+            if tick % 500 == 0 or not any_active:
+                if not torch.isfinite(theta).all():
+                    status = f"non-finite Q-network parameters at tick {tick}; stopped, metrics so far are kept"
+                    break
+                log_finished_episodes(int(ep_count.min()))
+                now = time.time()
+                if now - last_print > 5 or not any_active:
+                    print(f"tick {tick}  episodes done {int(ep_count.min())}-{int(ep_count.max())}/{E}  "
+                          f"{tick / (now - start):.0f} ticks/s  {M * tick / (now - start):.0f} member-steps/s",
+                          flush=True)
+                    last_print = now
+            if not any_active:
+                break
+    wall = time.time() - start
+
+    # ---- analysis: C(T), final return, episodes to first success, per configuration ----
+    returns_np, c_np, beta_np, success_np = (x.cpu().numpy() for x in (returns, c_hist, beta_hist, success))
+    rng = np.random.default_rng(args.seed)
+    final_ret = moving_average(returns_np, 10)[:, -1]                 # 10-episode MA at the last episode
+    c_final = c_np[:, -1]
+    first_success = np.array([np.argmax(s) if s.any() else np.nan for s in success_np])
+    base = names.index("Baseline") if "Baseline" in names else None
+    per_config = {}
+    for ci, name in enumerate(names):
+        sel = member_cfg == ci
+        fs = first_success[sel]
+        per_config[name] = {
+            "alpha_gamma_u_kappa": CONFIGS[name][1:], "weighted": CONFIGS[name][0],
+            "C_final": mean_ci(c_final[sel], args.bootstrap, rng) if CONFIGS[name][0] else None,
+            "C_final_runs": c_final[sel].tolist(),
+            "final_return_ma10": mean_ci(final_ret[sel], args.bootstrap, rng),
+            "final_return_runs": final_ret[sel].tolist(),
+            "episodes_to_first_success": mean_ci(fs[np.isfinite(fs)], args.bootstrap, rng) if np.isfinite(fs).any()
+            else None,
+            "runs_with_success": int(np.isfinite(fs).sum()),
+            "return_minus_baseline": (diff_ci(final_ret[sel], final_ret[member_cfg == base], args.bootstrap, rng)
+                                      if base is not None and ci != base else None),
+        }
+    summary = {"status": status, "env": args.env, "uncertainty": args.uncertainty, "num_runs": M, "episodes": E,
+               "configs": per_config, "wall_time_s": wall, "ticks": tick, "member_steps_per_s": M * tick / wall}
+    if corridor:
+        summary["optimal_return"] = 12 - args.env_size
+
+    fmt = lambda t: "      -" if t is None else f"{t[0]:7.3f} [{t[1]:.3f}, {t[2]:.3f}]"
+    fmt_r = lambda t: "      -" if t is None else f"{t[0]:7.1f} [{t[1]:.1f}, {t[2]:.1f}]"
+    print(f"\n===== selective pressure, U = {args.uncertainty}, {args.num_seeds} seeds, mean [95% CI] =====")
+    print(f"{'config':22s} {'C(T)':>26s} {'final return (MA10)':>24s} {'eps to 1st success':>24s} {'vs Baseline':>24s}")
+    for name, r in per_config.items():
+        print(f"{name:22s} {fmt(r['C_final']):>26s} {fmt_r(r['final_return_ma10']):>24s} "
+              f"{fmt_r(r['episodes_to_first_success']):>24s} {fmt_r(r['return_minus_baseline']):>24s}")
+    if status == "ok" or logged > 0:
+        plot_analysis(names, returns_np, beta_np, member_cfg, os.path.join(run_dir, "control_parameter_analysis.png"))
+        plot_crystallization(names, c_np, member_cfg, os.path.join(run_dir, "crystallization_evolution.png"))
+    log.summary(summary)
+    log.close()
+    print(f"wrote {run_dir}  ({wall:.1f} s, {M * tick / wall:.0f} member-steps/s)")
+    if status != "ok":
+        sys.exit(f"control_parameter.py: {status}")

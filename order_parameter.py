@@ -1,0 +1,937 @@
+"""order_parameter.py: does an "order parameter" track learning across an architecture sweep?
+
+Question (seed 000, zb523/metalearning, phase 1): the seed reports that gradient magnitude
+correlates with final performance at r = -0.95 across a sweep of corridor sizes N and network
+widths H, and reads it as an order parameter of learning. We rerun that sweep faithfully, with
+several seeds, confidence intervals, and the analysis that separates "tracks learning" from
+"tracks N".
+
+Task: the 1-D corridor of the original. Cells p in {0..N-1}, start p=0, goal p=N-1; actions
+0 = left (p-1 if p>0), 1 = right; reward -1 per step and +10 on the step that reaches the goal,
+which ends the episode; otherwise the episode ends after --max-steps (50) steps, stored as a
+terminal transition like the original (--bootstrap-truncation True bootstraps it instead).
+Observation s = p/N (divided by N, so the goal sits at (N-1)/N). Optimal return = 12 - N; never
+reaching the goal = -50. `--env CartPole-v1` (any gymnasium id with discrete actions and a flat
+Box observation) runs the same analysis on a standard task.
+
+Agent: the original DQN. Q: Linear(d,H)-ReLU-Linear(H,H)-ReLU-Linear(H,2), Adam lr 0.01, MSE TD
+loss with y = r + 0.99 max_a Q_target(s',a) (1-done), uniform replay of 10,000, 1000 pre-fill
+transitions (action random with p 0.5, else "right"), 4 minibatches of 128 per env step, target
+copy after every episode e with e % 10 == 0, eps = max(0.01, 0.99^e).
+
+Order parameters, on G = 1000 probe states (corridor: s = linspace(0, 1, G); gymnasium: the
+first G pre-fill observations), online net, every --order-every episodes:
+    value_range        = max_{s,a} Q(s,a) - min_{s,a} Q(s,a)
+    action_certainty   = mean_s [ top-1 Q(s,.) - top-2 Q(s,.) ]            (= |Q0 - Q1| here)
+    entropy            = mean_s H(softmax_a Q(s,.))                          (nats)
+    gradient_magnitude = || d/ds sum_{s,a} Q(s,a) ||_2 over the G probe states  (INPUT gradient;
+                         this is what the original computed)
+and, logged every gradient step and averaged per episode, the quantity the seed's text talks
+about: td_grad_norm = || grad_theta L_TD ||_2, the weight gradient of the minibatch TD loss.
+
+Analysis: final_reward = mean return of the last 10 episodes; each order parameter's value at
+the last checkpoint (td_grad_norm: mean over the last 10 episodes). Pearson r across all runs
+with a bootstrap 95% CI (runs resampled), r across the seed-averaged configurations (the
+original's n = 9 design), r within each N, and the partial r controlling for N (both variables
+centred within each N, bootstrap resampling within N). Why: the optimum falls linearly in N while
+dQ/ds grows like N (Q changes ~1 per cell, a cell is 1/N wide in s), so an across-N r can be
+strongly negative with no link to learning inside a task. Over training, each run's order
+parameter series is correlated with its trailing 10-episode return at the checkpoints.
+
+Speed: every (N, H, seed) member of the sweep trains in lockstep as one batched network: the
+parameters of all members sit in one flat tensor [M, P] with hidden sizes zero-padded to
+max(H). Padded units stay exactly zero (ReLU(0) = 0 and ReLU'(0) = 0 give them zero gradient,
+so Adam never moves them). Corridors step as tensors; one Adam call updates all members; a
+member that has finished its episodes is masked out of every update.
+
+Run:      python order_parameter.py                                   # 3 x 3 grid, 3 seeds
+          python order_parameter.py --env CartPole-v1 --env-sizes 0 --hidden-dims 16 64 --max-steps 200
+Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: episode), summary.json,
+          learning_curves.png, phase_diagram.png, transition_analysis.png, order_over_training.png
+Runtime:  the default sweep (27 members, 300 episodes) takes about 2-3 minutes on one CPU thread
+          (benchmark/order_parameter_speed.sh; README).
+Result:   see the README: the across-sweep r of gradient_magnitude is strongly negative, as the
+          seed says, but it is carried by N: within each N it is weak and of either sign.
+"""
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+
+
+@dataclass
+class Args:
+    # ---- infrastructure ----
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """name of the experiment; the run folder is runs/{exp_name}__{seed}__{unix time}"""
+    seed: int = 1
+    """seed of python, numpy and torch; one seed draws every member of the sweep"""
+    torch_deterministic: bool = True
+    """set torch.backends.cudnn.deterministic"""
+    cuda: bool = True
+    """use CUDA if it is available (permission, not demand)"""
+    track: bool = False
+    """mirror every metric to Weights & Biases (works with WANDB_MODE=offline)"""
+    wandb_project_name: str = "metalearning"
+    """W&B project name"""
+    wandb_entity: Optional[str] = None
+    """W&B entity (team); None uses the default"""
+
+    # ---- sweep ----
+    env: str = "corridor"
+    """corridor (the original 1-D task) or a gymnasium id with discrete actions, e.g. CartPole-v1"""
+    env_sizes: tuple[int, ...] = (5, 15, 30)
+    """corridor lengths N to sweep (ignored by gymnasium envs: pass a single value, e.g. 0)"""
+    hidden_dims: tuple[int, ...] = (8, 32, 64)
+    """hidden widths H of both hidden layers to sweep"""
+    num_seeds: int = 3
+    """independent runs per (N, H) configuration"""
+    episodes: int = 300
+    """training episodes per run"""
+    max_steps: int = 50
+    """episode time limit in env steps"""
+
+    # ---- DQN (the original's settings) ----
+    learning_rate: float = 0.01
+    """Adam learning rate"""
+    discount: float = 0.99
+    """discount factor of the TD target"""
+    batch_size: int = 128
+    """minibatch size of each gradient step"""
+    buffer_size: int = 10_000
+    """replay capacity per run (FIFO)"""
+    prefill: int = 1000
+    """transitions collected before training (corridor: random with p 0.5, else right)"""
+    grad_steps: int = 4
+    """gradient steps per env step"""
+    target_every: int = 10
+    """copy the online net to the target after each episode e with e % target_every == 0"""
+    eps_start: float = 1.0
+    """initial epsilon of epsilon-greedy"""
+    eps_end: float = 0.01
+    """floor of epsilon"""
+    eps_decay: float = 0.99
+    """multiplicative epsilon decay per episode"""
+    bootstrap_truncation: bool = False
+    """bootstrap the TD target at the time limit (False: a time-out is terminal, as the original)"""
+
+    exact_state_table: bool = True
+    """corridor: evaluate Q once per cell and gather (the same loss and gradient, fewer FLOPs)"""
+
+    # ---- order parameters and analysis ----
+    order_every: int = 20
+    """compute the order parameters after every episode e with e % order_every == 0"""
+    num_probe_states: int = 1000
+    """probe states G for the order parameters"""
+    final_window: int = 10
+    """final_reward = mean return of the last final_window episodes"""
+    bootstrap: int = 2000
+    """bootstrap resamples for every confidence interval"""
+    torch_threads: int = 1
+    """torch CPU threads; one is fastest for these tiny networks"""
+
+    # ---- derived at runtime ----
+    num_members: tyro.conf.Suppress[int] = 0
+    """runs trained in lockstep: len(env_sizes) * len(hidden_dims) * num_seeds"""
+    max_hidden: tyro.conf.Suppress[int] = 0
+    """padded hidden width of the batched network, max(hidden_dims)"""
+
+
+ORDER_PARAMS = ("value_range", "action_certainty", "entropy", "gradient_magnitude")
+ALL_PARAMS = ORDER_PARAMS + ("td_grad_norm",)
+
+
+def finalize_args(args: Args) -> Args:
+    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
+    if not args.env_sizes or not args.hidden_dims:
+        raise ValueError("--env-sizes and --hidden-dims need at least one value each")
+    if args.env == "corridor":
+        if min(args.env_sizes) < 2:
+            raise ValueError(f"corridor sizes must be >= 2 (start != goal), got {list(args.env_sizes)}")
+    else:
+        check_gym_env(args.env)
+        if len(args.env_sizes) != 1:
+            raise ValueError(f"--env {args.env} has no size axis; pass a single --env-sizes value (e.g. 0)")
+    for name in ("hidden_dims",):
+        if min(getattr(args, name)) <= 0:
+            raise ValueError(f"--hidden-dims must be positive, got {list(args.hidden_dims)}")
+    for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "grad_steps",
+                 "target_every", "order_every", "num_probe_states", "final_window", "bootstrap", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
+        raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
+                         f"{args.buffer_size}")
+    if args.env != "corridor" and args.num_probe_states > args.prefill:
+        raise ValueError(f"--num-probe-states {args.num_probe_states} exceeds --prefill {args.prefill} "
+                         "(gymnasium probe states are pre-fill observations)")
+    if args.final_window > args.episodes:
+        raise ValueError(f"--final-window {args.final_window} exceeds --episodes {args.episodes}")
+    args.num_members = len(args.env_sizes) * len(args.hidden_dims) * args.num_seeds
+    args.max_hidden = max(args.hidden_dims)
+    return args
+
+
+# ==================================================================================================
+# Environments: M independent copies stepped in lockstep. step() returns the true next
+# observation, the reward, terminated, truncated, and the observation to act on next (the first
+# observation of a new episode where one ended).
+# ==================================================================================================
+# >>> copied: dqn-envs
+class Corridor:
+    """M 1-D corridors of lengths sizes[m]; positions are integer tensors on the device."""
+
+    n_actions = 2
+    obs_dim = 1
+
+    def __init__(self, sizes: torch.Tensor, max_steps: int):
+        self.sizes, self.max_steps = sizes, max_steps                  # [M] long
+        self.pos = torch.zeros_like(sizes)                             # [M] long, cell index
+        self.steps = torch.zeros_like(sizes)                           # [M] long, steps this episode
+
+    def observe(self) -> torch.Tensor:
+        return (self.pos.to(torch.get_default_dtype()) / self.sizes).unsqueeze(-1)   # [M, 1] = p/N
+
+    def reset(self) -> torch.Tensor:
+        self.pos.zero_(), self.steps.zero_()
+        return self.observe()
+
+    def keys(self) -> torch.Tensor:
+        """Exact discrete state id per member: the cell the member is in now.  [M] long"""
+        return self.pos
+
+    def all_states(self) -> torch.Tensor:
+        """Every cell's observation p/N, [M, max N, 1] (rows p >= N are padding, never indexed).
+        A minibatch touches at most N distinct states, so Q can be evaluated once per cell."""
+        cells = torch.arange(int(self.sizes.max()), device=self.sizes.device, dtype=torch.get_default_dtype())
+        return (cells[None, :] / self.sizes[:, None]).unsqueeze(-1)
+
+    def step(self, action: torch.Tensor):
+        # left at p = 0 stays put; right never meets the wall because reaching N-1 ends the episode
+        self.pos = torch.clamp(self.pos + 2 * action - 1, min=0)
+        self.steps = self.steps + 1
+        at_goal = self.pos == self.sizes - 1
+        reward = torch.where(at_goal, 10.0, -1.0).to(torch.get_default_dtype())
+        truncated = ~at_goal & (self.steps >= self.max_steps)            # goal is checked first
+        next_obs, self.next_keys = self.observe(), self.pos             # the true next state and its cell
+        ended = at_goal | truncated
+        self.pos = torch.where(ended, 0, self.pos)
+        self.steps = torch.where(ended, 0, self.steps)
+        return next_obs, reward, at_goal, truncated, self.observe()
+
+
+class GymBatch:
+    """M copies of a gymnasium env (SAME_STEP autoreset) behind the Corridor interface."""
+
+    def __init__(self, env_id: str, num: int, max_steps: int, seed: int, device: torch.device):
+        self.envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make(env_id, max_episode_steps=max_steps) for _ in range(num)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.n_actions = int(self.envs.single_action_space.n)
+        self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
+        self.seed, self.device, self.obs = seed, device, None
+
+    def _t(self, x) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(x), dtype=torch.get_default_dtype(), device=self.device)
+
+    def reset(self) -> torch.Tensor:
+        obs, _ = self.envs.reset(seed=self.seed)
+        self.obs = self._t(obs).reshape(len(obs), -1)
+        return self.obs
+
+    def keys(self, table_size: int) -> torch.Tensor:
+        """Hash of the observation rounded to 2 decimals (the original's key) into table_size slots."""
+        q = torch.round(self.obs * 100).long()
+        primes = torch.tensor([1, 1_000_003, 998_244_353, 1_000_000_007, 19_260_817, 2_654_435_761][: q.shape[1]]
+                              + [7919] * max(0, q.shape[1] - 6), device=q.device)
+        return (q * primes).sum(-1) % table_size
+
+    def step(self, action: torch.Tensor):
+        obs, reward, term, trunc, info = self.envs.step(action.cpu().numpy())   # host sync: the env is on the CPU
+        next_obs = np.array(obs, dtype=np.float64).reshape(len(obs), -1)
+        ended = term | trunc
+        if ended.any():
+            next_obs[ended] = np.stack(info["final_obs"][ended]).reshape(int(ended.sum()), -1)
+        self.obs = self._t(obs).reshape(len(obs), -1)
+        dev = self.device
+        return (self._t(next_obs), self._t(reward), torch.as_tensor(term, device=dev),
+                torch.as_tensor(trunc & ~term, device=dev), self.obs)
+
+
+def check_gym_env(env_id: str) -> None:
+    """One-line ValueError unless env_id is a gymnasium env with discrete actions and a Box observation."""
+    try:
+        env = gym.make(env_id)
+    except Exception as e:  # gymnasium raises several error types for unknown ids
+        raise ValueError(f"unknown --env {env_id!r}: use corridor or a gymnasium id ({type(e).__name__})") from None
+    ok = isinstance(env.action_space, gym.spaces.Discrete) and isinstance(env.observation_space, gym.spaces.Box)
+    env.close()
+    if not ok:
+        raise ValueError(f"--env {env_id} needs discrete actions and a Box observation")
+# <<< copied: dqn-envs
+
+
+# ==================================================================================================
+# Batched DQN: the Q-networks of all M members in one flat parameter tensor theta [M, P].
+# ==================================================================================================
+# >>> copied: dqn-batched
+def mlp_layout(obs_dim: int, hidden: int, n_actions: int) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and per-member shapes of the flat parameter vector: x @ W + b, three layers."""
+    return [("W1", (obs_dim, hidden)), ("b1", (hidden,)), ("W2", (hidden, hidden)), ("b2", (hidden,)),
+            ("W3", (hidden, n_actions)), ("b3", (n_actions,))]
+
+
+def unflatten(theta: torch.Tensor, layout) -> dict[str, torch.Tensor]:
+    """Views of theta [M, P] as {name: [M, *shape]}; differentiable, no copies."""
+    out, i = {}, 0
+    for name, shape in layout:
+        n = math.prod(shape)
+        out[name] = theta[:, i:i + n].view(theta.shape[0], *shape)
+        i += n
+    return out
+
+
+def init_theta(hidden: torch.Tensor, obs_dim: int, max_hidden: int, n_actions: int,
+               gen: torch.Generator) -> torch.Tensor:
+    """PyTorch's nn.Linear init per member (weights and biases U(+-1/sqrt(fan_in))), with the
+    units beyond each member's own width hidden[m] set to zero.  hidden: [M] long.  -> [M, P]"""
+    M, device = hidden.shape[0], hidden.device
+    layout = mlp_layout(obs_dim, max_hidden, n_actions)
+    P = sum(math.prod(s) for _, s in layout)
+    theta = torch.rand(M, P, generator=gen, device=device) * 2 - 1
+    p = unflatten(theta, layout)
+    unit = torch.arange(max_hidden, device=device)
+    live = (unit[None, :] < hidden[:, None]).to(theta.dtype)                    # [M, Hmax]
+    fan1 = torch.full((M,), float(obs_dim), device=device)
+    fanh = hidden.to(theta.dtype)
+    for name, fan, mask in (("W1", fan1, live[:, None, :]), ("b1", fan1, live),
+                            ("W2", fanh, live[:, :, None] * live[:, None, :]), ("b2", fanh, live),
+                            ("W3", fanh, live[:, :, None]), ("b3", fanh, None)):
+        scale = fan.rsqrt().view(M, *([1] * (p[name].dim() - 1)))
+        p[name].mul_(scale * (1 if mask is None else mask))
+    return theta
+
+
+def q_values(theta: torch.Tensor, layout, x: torch.Tensor) -> torch.Tensor:
+    """Q of every member on its own inputs.  theta [M, P], x [M, B, obs_dim] -> [M, B, n_actions]"""
+    return mlp_forward(unflatten(theta, layout), x)[0]
+
+
+def mlp_forward(p: dict, x: torch.Tensor):
+    """q = relu(relu(x W1 + b1) W2 + b2) W3 + b3 per member; also returns what the backward needs."""
+    h1 = torch.relu(torch.baddbmm(p["b1"].unsqueeze(1), x, p["W1"]))                # [M, B, H]
+    h2 = torch.relu(torch.baddbmm(p["b2"].unsqueeze(1), h1, p["W2"]))               # [M, B, H]
+    return torch.baddbmm(p["b3"].unsqueeze(1), h2, p["W3"]), (x, h1, h2)            # [M, B, A]
+
+
+def mlp_backward(p: dict, cache, g_q: torch.Tensor) -> torch.Tensor:
+    """Hand-written backward of mlp_forward: dLoss/dq [M, B, A] -> dLoss/dtheta [M, P] in the flat
+    layout.  ReLU' is taken as 1[h > 0], which is torch's convention (ReLU'(0) = 0), so zero-padded
+    units get exactly zero gradient.  Checked against autograd in tests."""
+    x, h1, h2 = cache
+    g2 = torch.bmm(g_q, p["W3"].transpose(1, 2)) * (h2 > 0)                         # dL/dz2 [M, B, H]
+    g1 = torch.bmm(g2, p["W2"].transpose(1, 2)) * (h1 > 0)                          # dL/dz1 [M, B, H]
+    parts = (torch.bmm(x.transpose(1, 2), g1), g1.sum(1), torch.bmm(h1.transpose(1, 2), g2), g2.sum(1),
+             torch.bmm(h2.transpose(1, 2), g_q), g_q.sum(1))
+    return torch.cat([t.flatten(1) for t in parts], 1)
+
+
+class BatchedAdam:
+    """torch.optim.Adam's update, per member, on theta [M, P]; inactive members do not move."""
+
+    def __init__(self, theta: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
+        self.m, self.v = torch.zeros_like(theta), torch.zeros_like(theta)
+        self.t = torch.zeros(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+
+    @torch.no_grad()
+    def step(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
+        a = active.to(theta.dtype).unsqueeze(1)                                    # [M, 1]
+        self.t += a
+        self.m.lerp_(grad, (1 - self.b1) * a)                                      # m <- b1 m + (1-b1) g
+        self.v.mul_(1 - (1 - self.b2) * a).addcmul_(grad, grad, value=1 - self.b2)  # inactive: grad is 0
+        t = self.t.clamp(min=1)
+        denom = (self.v / (1 - self.b2 ** t)).sqrt_().add_(self.eps)
+        theta.addcdiv_(self.m * (a * self.lr / (1 - self.b1 ** t)), denom, value=-1)
+
+
+class ReplayBuffers:
+    """One FIFO replay buffer per member, [M, capacity, ...]; every member adds one row per tick.
+    key/next_key are discrete state ids (corridor cells), or 0 where the env has none."""
+
+    FIELDS = ("obs", "action", "reward", "next_obs", "done", "key", "next_key")
+
+    def __init__(self, M: int, capacity: int, obs_dim: int, device: torch.device):
+        f, long = torch.get_default_dtype(), torch.long
+        self.obs = torch.zeros(M, capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(M, capacity, obs_dim, device=device)
+        self.action, self.key, self.next_key = (torch.zeros(M, capacity, dtype=long, device=device) for _ in range(3))
+        self.reward = torch.zeros(M, capacity, dtype=f, device=device)
+        self.done = torch.zeros(M, capacity, dtype=f, device=device)
+        self.capacity, self.ptr, self.size = capacity, 0, 0
+
+    def add(self, obs, action, reward, next_obs, done, key=0, next_key=0) -> None:
+        i = self.ptr
+        self.obs[:, i], self.action[:, i], self.reward[:, i] = obs, action, reward
+        self.next_obs[:, i], self.done[:, i] = next_obs, done.to(self.done.dtype)
+        self.key[:, i], self.next_key[:, i] = key, next_key
+        self.ptr, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
+
+    def sample(self, batch: int, gen: torch.Generator) -> dict:
+        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}."""
+        idx = torch.randint(0, self.size, (self.obs.shape[0], batch), generator=gen, device=self.obs.device)
+        out = {}
+        for name in self.FIELDS:
+            x = getattr(self, name)
+            out[name] = torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+        return out
+
+
+def keep_rows(obj, rows: torch.Tensor) -> None:
+    """Keep only the given members (first-dim rows) of every per-member tensor attribute of obj."""
+    n = None
+    for name, value in vars(obj).items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            n = value.shape[0] if n is None else n
+            if value.shape[0] == n:
+                setattr(obj, name, value[rows])
+
+
+def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """q [M, A], eps [M] -> actions [M]: uniform with probability eps, else argmax (first on ties)."""
+    explore = torch.rand(q.shape[0], generator=gen, device=q.device) < eps
+    random_a = torch.randint(0, q.shape[1], (q.shape[0],), generator=gen, device=q.device)
+    return torch.where(explore, random_a, q.argmax(-1))
+
+
+def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active: torch.Tensor,
+                     weight_fn=None, table: Optional[torch.Tensor] = None):
+    """Per-member (weighted) mean squared TD error and its gradient w.r.t. theta.
+
+    batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
+    (plain mean). The weights are detached: they scale each sample's squared error, nothing more.
+        L_m = mean_b w_b (Q(s_b, a_b) - y_b)^2,   y = r + discount * max_a' Q_target(s', a') * (1 - done)
+    Returns (loss [M], grad [M,P] (zero for inactive members), q_rows [M,B,A] = Q(s_b, .) before the step).
+    table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
+    gathered by key: the same loss and gradient, with S instead of B rows per member.
+    """
+    M, B = batch["action"].shape
+    if table is None:                                   # every sample is its own row
+        x, x_next = batch["obs"], batch["next_obs"]
+        key = next_key = torch.arange(B, device=theta.device).expand(M, B)
+    else:
+        x = x_next = table
+        key, next_key = batch["key"], batch["next_key"]
+    with torch.no_grad():
+        v_next = q_values(target, layout, x_next).amax(-1)                              # [M, S]
+        y = batch["reward"] + discount * v_next.gather(1, next_key) * (1 - batch["done"])
+        p = unflatten(theta, layout)
+        q_tab, cache = mlp_forward(p, x)                                                # [M, S, A]
+        A = q_tab.shape[-1]
+        flat = key * A + batch["action"]                                                # [M, B] into S*A
+        err = q_tab.flatten(1).gather(1, flat) - y
+        q_rows = q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A))                  # Q(s_b, .) [M, B, A]
+        w = torch.ones_like(err) if weight_fn is None else weight_fn(q_rows)
+        loss = (w * err * err).mean(1)
+        g_sa = (2.0 / B) * w * err * active.unsqueeze(1).to(err.dtype)                 # dL_m/dQ(s_b, a_b)
+        g_q = torch.zeros_like(q_tab).flatten(1).scatter_add_(1, flat, g_sa).view_as(q_tab)
+        grad = mlp_backward(p, cache, g_q)
+    return loss, grad, q_rows
+
+
+def clip_per_member(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ applied to each member's gradient separately."""
+    norm = grad.norm(dim=1, keepdim=True)
+    return grad * (max_norm / (norm + 1e-6)).clamp(max=1.0)
+# <<< copied: dqn-batched
+
+
+# ==================================================================================================
+# Order parameters and statistics
+# ==================================================================================================
+def order_parameters(theta: torch.Tensor, layout, probes: torch.Tensor) -> torch.Tensor:
+    """The original's four order parameters for every member.  probes [M, G, d] -> [M, 4] in the
+    order of ORDER_PARAMS.  gradient_magnitude is || d(sum_{s,a} Q) / ds ||_2 over the G probes,
+    the INPUT gradient (members are independent, so one backward of the total gives them all)."""
+    x = probes.detach().requires_grad_(True)
+    q = q_values(theta.detach(), layout, x)                                        # [M, G, A]
+    (dx,) = torch.autograd.grad(q.sum(), x)
+    q = q.detach()
+    value_range = q.amax((1, 2)) - q.amin((1, 2))
+    top2 = q.topk(min(2, q.shape[-1]), dim=-1).values
+    certainty = (top2[..., 0] - top2[..., -1]).mean(1) if q.shape[-1] > 1 else torch.zeros_like(value_range)
+    pi = torch.softmax(q, -1)
+    entropy = -(pi * torch.log(pi + 1e-10)).sum(-1).mean(1)
+    grad_mag = dx.flatten(1).norm(dim=1)
+    return torch.stack([value_range, certainty, entropy, grad_mag], 1)
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson r; NaN when either variable is constant (r is undefined there)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    x, y = x - x.mean(), y - y.mean()
+    den = math.sqrt(float((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 1e-12 * max(1.0, float(np.abs(x).max() * np.abs(y).max())) else float("nan")
+
+
+def center_within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """x minus its group mean; Pearson of two such residuals is the partial r controlling for the
+    group (the same as regressing both variables on group indicators)."""
+    x = np.asarray(x, float).copy()
+    for g in np.unique(groups):
+        x[groups == g] -= x[groups == g].mean()
+    return x
+
+
+def bootstrap_ci(stat, n: int, groups: np.ndarray, reps: int, rng: np.random.Generator,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of stat(index array) over resamples of 0..n-1 with replacement, within each
+    group (pass one group for plain resampling). NaN resamples (a constant variable) are dropped."""
+    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
+    vals = []
+    for _ in range(reps):
+        idx = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
+        vals.append(stat(idx))
+    vals = np.asarray(vals)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) < reps // 2:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def correlation_report(values: np.ndarray, perf: np.ndarray, size: np.ndarray, config: np.ndarray,
+                       reps: int, rng: np.random.Generator) -> dict:
+    """All the correlations of one order parameter (values [R]) with final reward (perf [R]).
+
+    size [R]: the task group (corridor N); config [R]: configuration id (runs of one config are seeds).
+    """
+    one = np.zeros(len(perf), int)
+    r = pearson(values, perf)
+    ci = bootstrap_ci(lambda i: pearson(values[i], perf[i]), len(perf), one, reps, rng)
+    cfgs = np.unique(config)
+    cm_v = np.array([values[config == c].mean() for c in cfgs])
+    cm_p = np.array([perf[config == c].mean() for c in cfgs])
+    pv, pp = center_within(values, size), center_within(perf, size)
+    partial = pearson(pv, pp)
+    partial_ci = bootstrap_ci(lambda i: pearson(center_within(values[i], size[i]), center_within(perf[i], size[i])),
+                              len(perf), size, reps, rng) if len(np.unique(size)) < len(perf) else (float("nan"),) * 2
+    within = {}
+    for n in np.unique(size):
+        sel = size == n
+        within[int(n)] = {"r": pearson(values[sel], perf[sel]), "n": int(sel.sum()),
+                          "ci": bootstrap_ci(lambda i: pearson(values[sel][i], perf[sel][i]), int(sel.sum()),
+                                             np.zeros(int(sel.sum()), int), reps, rng)}
+    return {"r": r, "ci": ci, "n": len(perf), "r_config_means": pearson(cm_v, cm_p), "n_configs": len(cfgs),
+            "partial_r_given_size": partial, "partial_ci": partial_ci, "within_size": within}
+
+
+def over_training_r(series: np.ndarray, returns: np.ndarray, ckpts: np.ndarray, window: int) -> np.ndarray:
+    """Per run, Pearson r between an order parameter at the checkpoints (series [R, C]) and the
+    trailing `window`-episode mean return at those checkpoints (returns [R, E]).  -> [R]"""
+    csum = np.concatenate([np.zeros((returns.shape[0], 1)), np.cumsum(returns, 1)], 1)
+    lo = np.maximum(ckpts + 1 - window, 0)
+    trailing = (csum[:, ckpts + 1] - csum[:, lo]) / (ckpts + 1 - lo)
+    return np.array([pearson(s, t) for s, t in zip(series, trailing)])
+
+
+# ==================================================================================================
+# Run machinery. Blocks between "# >>> copied:" and "# <<< copied:" are byte-identical in every
+# script that has them; tests/test_copied_blocks.py fails when two copies drift.
+# ==================================================================================================
+# >>> copied: seeding
+def seed_everything(seed: int, torch_deterministic: bool) -> None:
+    """Seed python, numpy and torch; make cuDNN deterministic if asked."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+# <<< copied: seeding
+
+
+# >>> copied: device
+def pick_device(cuda: bool) -> torch.device:
+    """CUDA is permission, not demand: use it only when asked for and present."""
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+# <<< copied: device
+
+
+# >>> copied: run-name
+def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    base = f"{exp_name}__{seed}__{int(time.time())}"
+    for k in range(10_000):
+        run_name = base if k == 0 else f"{base}-{k}"
+        run_dir = os.path.join(root, run_name)
+        try:
+            os.makedirs(run_dir)
+            return run_name, run_dir
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run folder for {base}")
+# <<< copied: run-name
+
+
+# >>> copied: wandb-init
+def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
+    """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
+    import wandb
+
+    run = wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=vars(args),
+                     name=run_name, dir=run_dir, save_code=True)
+    run.define_metric(x_axis)
+    run.define_metric("*", step_metric=x_axis)
+    return run
+# <<< copied: wandb-init
+
+
+# >>> copied: outputs
+def _to_builtin(value):
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    return str(value)
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_to_builtin)
+
+
+class RunLog:
+    """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
+    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+
+    def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
+        self.run_dir, self.x_axis = run_dir, x_axis
+        write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
+        self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
+
+    def log(self, x: int, row: dict) -> None:
+        row = {self.x_axis: x, **row}
+        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(row)
+
+    def summary(self, summary: dict) -> None:
+        write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+# <<< copied: outputs
+
+
+# ==================================================================================================
+# Plots (the original's three figures, plus order parameters over training)
+# ==================================================================================================
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_learning_curves(returns, sizes, hidden, seeds_of, size_vals, hid_vals, label, path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(len(size_vals), len(hid_vals), figsize=(4 * len(hid_vals), 3 * len(size_vals)),
+                             squeeze=False, sharex=True)
+    for i, n in enumerate(size_vals):
+        for j, h in enumerate(hid_vals):
+            ax = axes[i, j]
+            sel = (sizes == n) & (hidden == h)
+            for r in returns[sel]:
+                ax.plot(r, lw=0.6, alpha=0.5)
+            ax.plot(returns[sel].mean(0), color="k", lw=1.5, label=f"mean of {int(sel.sum())}")
+            ax.set_title(f"{label}={n}, H={h}", fontsize=9)
+            ax.legend(fontsize=7, loc="lower right")
+            if i == len(size_vals) - 1:
+                ax.set_xlabel("episode")
+            if j == 0:
+                ax.set_ylabel("return")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_phase_diagram(grid_param, grid_perf, best, size_vals, hid_vals, label, path) -> None:
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, grid, name, cmap in ((a1, grid_param, best, "viridis"), (a2, grid_perf, "final reward", "plasma")):
+        im = ax.imshow(grid, cmap=cmap, origin="lower", aspect="auto")
+        fig.colorbar(im, ax=ax, label=name)
+        ax.set(xticks=range(len(hid_vals)), xticklabels=hid_vals, yticks=range(len(size_vals)), yticklabels=size_vals,
+               xlabel="hidden width H", ylabel=label, title=f"{name} (mean over seeds)")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
+    if min(grid_perf.shape) >= 2:
+        a1.contour(grid_perf, levels=5, colors="white", linewidths=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_transition(ratio, perf, params: dict, path) -> None:
+    """x = N/H sorted; min-max normalised performance and the top-3 |r| order parameters; grey
+    dashed lines where |delta normalised performance| exceeds its 90th percentile (the original's)."""
+    plt = _plt()
+    norm = lambda v: (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
+    order = np.argsort(ratio, kind="stable")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    p = norm(perf[order])
+    ax.plot(ratio[order], p, "k-o", lw=2, label="final reward")
+    for (name, v), c in zip(params.items(), ("tab:red", "tab:green", "tab:blue")):
+        ax.plot(ratio[order], norm(v[order]), "-s", color=c, alpha=0.8, label=name)
+    if len(p) > 2:
+        jumps = np.abs(np.diff(p))
+        for k in np.flatnonzero(jumps > np.quantile(jumps, 0.9)):
+            ax.axvline((ratio[order][k] + ratio[order][k + 1]) / 2, color="gray", ls="--", lw=1)
+    ax.set(xlabel="complexity ratio N/H", ylabel="min-max normalised", title="transition analysis (config means)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_over_training(ckpts, series, returns, config_labels, config, path) -> None:
+    plt = _plt()
+    names = list(series)
+    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.4))
+    cfgs = np.unique(config)
+    for c in cfgs:
+        sel = config == c
+        axes[0].plot(returns[sel].mean(0), lw=1, label=config_labels[c])
+        for ax, name in zip(axes[1:], names):
+            ax.plot(ckpts, series[name][sel].mean(0), lw=1)
+    axes[0].set(xlabel="episode", title="return (mean over seeds)")
+    for ax, name in zip(axes[1:], names):
+        ax.set(xlabel="episode", title=name)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ==================================================================================================
+# Main
+# ==================================================================================================
+if __name__ == "__main__":
+    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize_args(args)
+    except ValueError as e:
+        sys.exit(f"order_parameter.py: error: {e}")
+    torch.set_num_threads(args.torch_threads)
+    seed_everything(args.seed, args.torch_deterministic)
+    device = pick_device(args.cuda)
+    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
+    log = RunLog(args, run_name, run_dir, x_axis="episode")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+
+    # ---- members: every (N, H, seed), in that order ----
+    grid = [(n, h, s) for n in args.env_sizes for h in args.hidden_dims for s in range(args.num_seeds)]
+    M, E, label = len(grid), args.episodes, ("N" if args.env == "corridor" else "env")
+    sizes_np, hidden_np = np.array([g[0] for g in grid]), np.array([g[1] for g in grid])
+    config_np = np.array([i // args.num_seeds for i in range(M)])
+    names = [f"{label}{n}_H{h}_s{s}" for n, h, s in grid]
+    corridor = args.env == "corridor"
+    if corridor:
+        env = Corridor(torch.tensor(sizes_np, device=device), args.max_steps)
+    else:
+        env = GymBatch(args.env, M, args.max_steps, args.seed, device)
+    layout = mlp_layout(env.obs_dim, args.max_hidden, env.n_actions)
+    theta = init_theta(torch.tensor(hidden_np, device=device), env.obs_dim, args.max_hidden, env.n_actions, gen)
+    target = theta.clone()
+    adam = BatchedAdam(theta, args.learning_rate)
+    buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
+    all_on = torch.ones(M, dtype=torch.bool, device=device)
+
+    # ---- pre-fill (corridor: random with p 0.5, else right, as the original; gymnasium: uniform) ----
+    obs = env.reset()
+    for _ in range(args.prefill):
+        if corridor:
+            coin = torch.rand(M, generator=gen, device=device) < 0.5
+            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
+        else:
+            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
+        key = env.keys() if corridor else 0
+        next_obs, reward, term, trunc, after = env.step(action)
+        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
+                key, env.next_keys if corridor else 0)
+        obs = after
+    G = args.num_probe_states
+    table = env.all_states() if corridor and args.exact_state_table else None
+    if corridor:
+        probes = torch.linspace(0, 1, G, device=device).view(1, G, 1).expand(M, G, 1)
+    else:
+        probes = buf.obs[:, :G].clone()                                         # [M, G, d]
+
+    # ---- training, all members in lockstep: one tick = one env step of every member ----
+    f = torch.get_default_dtype()
+    obs = env.reset()                                            # the original resets every episode
+    eps = torch.full((M,), args.eps_start, device=device)
+    ep_count = torch.zeros(M, dtype=torch.long, device=device)   # finished episodes per member
+    ep_ret, ep_len = torch.zeros(M, device=device), torch.zeros(M, device=device)
+    g_sum, g_cnt = torch.zeros(M, device=device), torch.zeros(M, device=device)
+    returns = torch.full((M, E), float("nan"), device=device)
+    lengths, td_norm = returns.clone(), returns.clone()
+    ckpts = np.arange(0, E, args.order_every)
+    op_hist = torch.full((M, len(ckpts), len(ORDER_PARAMS)), float("nan"), device=device)
+    ids = torch.arange(M, device=device)                      # row -> member id (rows shrink, ids do not)
+    status, tick, logged, member_steps = "ok", 0, 0, 0
+    start = last_print = time.time()
+
+    def log_finished_episodes(upto: int) -> None:
+        """metrics.jsonl rows for the episodes every member has finished (x-axis: episode)."""
+        global logged
+        r_np, td_np, op_np = returns[:, logged:upto].cpu().numpy(), td_norm[:, logged:upto].cpu().numpy(), op_hist.cpu().numpy()
+        for k, e in enumerate(range(logged, upto)):
+            row = {"return/mean": float(r_np[:, k].mean())}
+            row.update({f"return/{nm}": float(r_np[m, k]) for m, nm in enumerate(names)})
+            row.update({f"td_grad_norm/{nm}": float(td_np[m, k]) for m, nm in enumerate(names)})
+            if e % args.order_every == 0:
+                for j, op in enumerate(ORDER_PARAMS):
+                    row.update({f"{op}/{nm}": float(op_np[m, e // args.order_every, j]) for m, nm in enumerate(names)})
+            log.log(e, row)
+        logged = upto
+
+    while True:
+        active = ep_count < E
+        with torch.no_grad():
+            q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)              # [M, A]
+        action = epsilon_greedy(q, eps, gen)
+        key = env.keys() if corridor else 0
+        next_obs, reward, term, trunc, after = env.step(action)
+        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
+                key, env.next_keys if corridor else 0)
+        obs = after
+        if buf.size > args.batch_size:
+            for _ in range(args.grad_steps):
+                loss, grad, _ = td_loss_and_grad(theta, target, layout, buf.sample(args.batch_size, gen),
+                                                    args.discount, active, table=table)
+                g_sum += grad.norm(dim=1) * active                    # ||grad_theta L_TD||, per member
+                g_cnt += active
+                adam.step(theta, grad, active)
+
+        # ---- episode bookkeeping as tensor ops (the original's order: target copy, eps decay, order params) ----
+        ended = term | trunc
+        fin = ended & active                                          # members finishing episode ep_count
+        ep_ret += reward
+        ep_len += 1
+        slot = ids * E + ep_count.clamp(max=E - 1)
+        for store, value in ((returns, ep_ret), (lengths, ep_len), (td_norm, g_sum / g_cnt.clamp(min=1))):
+            flat = store.view(-1)
+            flat[slot] = torch.where(fin, value, flat[slot])
+        target = torch.where((fin & (ep_count % args.target_every == 0)).unsqueeze(1), theta, target)
+        eps = torch.where(fin, (eps * args.eps_decay).clamp(min=args.eps_end), eps)
+        due = fin & (ep_count % args.order_every == 0)
+        ep_count += fin.long()
+        for acc in (ep_ret, ep_len, g_sum, g_cnt):
+            acc.masked_fill_(ended, 0.0)
+        tick += 1
+        member_steps += theta.shape[0]
+        any_due, n_active = torch.stack([due.any().long(), (ep_count < E).sum()]).tolist()  # the one host sync per tick
+        if any_due:
+            rows = due.nonzero().squeeze(1)
+            op_hist[ids[rows], (ep_count[rows] - 1) // args.order_every] = order_parameters(theta[rows], layout, probes[rows])
+        any_active = n_active > 0
+        if corridor and 0 < n_active <= 0.75 * theta.shape[0]:
+            # ---- compaction: drop the members that are done, so they cost nothing from here on ----
+            rows = (ep_count < E).nonzero().squeeze(1)
+            theta, target, eps, ep_count, ep_ret, ep_len, g_sum, g_cnt, obs, ids, probes, table = (
+                None if x is None else x[rows]
+                for x in (theta, target, eps, ep_count, ep_ret, ep_len, g_sum, g_cnt, obs, ids, probes, table))
+            for obj in (env, adam, buf):
+                keep_rows(obj, rows)
+
+        if tick % 500 == 0 or not any_active:
+            if not torch.isfinite(theta).all():
+                status = f"non-finite Q-network parameters at tick {tick}; stopped, metrics so far are kept"
+                break
+            log_finished_episodes(int(ep_count.min()))
+            now = time.time()
+            if now - last_print > 5 or not any_active:
+                print(f"tick {tick}  episodes done {int(ep_count.min())}-{int(ep_count.max())}/{E}  "
+                      f"{tick / (now - start):.0f} ticks/s  {member_steps / (now - start):.0f} member-steps/s", flush=True)
+                last_print = now
+        if not any_active:
+            break
+    wall = time.time() - start
+
+    # ---- analysis ----
+    returns_np, lengths_np, td_np, op_np = (x.cpu().numpy() for x in (returns, lengths, td_norm, op_hist))
+    W = args.final_window
+    perf = returns_np[:, -W:].mean(1)
+    final = {op: op_np[:, -1, j] for j, op in enumerate(ORDER_PARAMS)}
+    final["td_grad_norm"] = td_np[:, -W:].mean(1)
+    series = {op: op_np[:, :, j] for j, op in enumerate(ORDER_PARAMS)}
+    series["td_grad_norm"] = td_np[:, ckpts]
+    config_labels = [f"{label}={n}, H={h}" for n in args.env_sizes for h in args.hidden_dims]
+    summary = {"status": status, "env": args.env, "num_runs": M, "episodes": E, "wall_time_s": wall,
+               "ticks": tick, "member_steps": member_steps, "member_steps_per_s": member_steps / wall}
+    if status == "ok":
+        rng = np.random.default_rng(args.seed)
+        corr = {op: correlation_report(final[op], perf, sizes_np, config_np, args.bootstrap, rng) for op in ALL_PARAMS}
+        for op in ALL_PARAMS:
+            corr[op]["over_training_mean_r"] = float(np.nanmean(over_training_r(series[op], returns_np, ckpts, W)))
+        best = max(ORDER_PARAMS, key=lambda op: abs(np.nan_to_num(corr[op]["r"])))
+        summary.update({
+            "best_order_parameter": best, "best_r": corr[best]["r"], "correlations": corr,
+            "final_reward": {config_labels[c]: {"mean": float(perf[config_np == c].mean()),
+                                                "std": float(perf[config_np == c].std()),
+                                                "runs": perf[config_np == c].tolist()} for c in np.unique(config_np)},
+        })
+        if args.env == "corridor":
+            summary["optimal_return"] = {int(n): 12 - int(n) for n in args.env_sizes}
+            summary["fraction_at_optimum"] = float(np.mean(perf >= 12 - sizes_np - 0.5))
+
+        # ---- printed tables: correlations, phase diagram, performance diagram ----
+        sv, hv = list(args.env_sizes), list(args.hidden_dims)
+        cell = lambda v, n: np.array([[v[(sizes_np == a) & (hidden_np == b)].mean() for b in hv] for a in sv])
+        fmt = lambda x: "  nan" if not np.isfinite(x) else f"{x:+.2f}"
+        print(f"\n===== order parameters vs final reward ({M} runs, {len(np.unique(config_np))} configs) =====")
+        print(f"{'parameter':20s} {'r [95% CI]':>22s} {'r(config means)':>16s} {'partial r|' + label:>16s} "
+              + " ".join(f"{'within ' + label + '=' + str(n):>12s}" for n in sv) + f" {'over training':>14s}")
+        for op in ALL_PARAMS:
+            c = corr[op]
+            print(f"{op:20s} {fmt(c['r']):>7s} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] {fmt(c['r_config_means']):>16s} "
+                  f"{fmt(c['partial_r_given_size']):>16s} " + " ".join(f"{fmt(c['within_size'][int(n)]['r']):>12s}" for n in sv)
+                  + f" {fmt(c['over_training_mean_r']):>14s}")
+        print(f"\nbest order parameter (largest |r| across runs): {best}")
+        for title, g in ((f"phase diagram: {best}", cell(final[best], 0)), ("performance: final reward", cell(perf, 0))):
+            print(f"\n{title} (rows {label}, columns H, mean over {args.num_seeds} seeds)")
+            print(" " * 8 + "".join(f"{'H=' + str(h):>10s}" for h in hv))
+            for n, rowv in zip(sv, g):
+                print(f"{label + '=' + str(n):8s}" + "".join(f"{v:10.3f}" for v in rowv))
+
+        # ---- plots ----
+        plot_learning_curves(returns_np, sizes_np, hidden_np, None, sv, hv, label,
+                             os.path.join(run_dir, "learning_curves.png"))
+        plot_phase_diagram(cell(final[best], 0), cell(perf, 0), best, sv, hv, label,
+                           os.path.join(run_dir, "phase_diagram.png"))
+        cm = lambda v: np.array([v[config_np == c].mean() for c in np.unique(config_np)])
+        top3 = sorted(ORDER_PARAMS, key=lambda op: -abs(np.nan_to_num(corr[op]["r"])))[:3]
+        plot_transition(cm(sizes_np / hidden_np), cm(perf), {op: cm(final[op]) for op in top3},
+                        os.path.join(run_dir, "transition_analysis.png"))
+        plot_over_training(ckpts, series, returns_np, config_labels, config_np,
+                           os.path.join(run_dir, "order_over_training.png"))
+    log.summary(summary)
+    log.close()
+    print(f"wrote {run_dir}  ({wall:.1f} s, {member_steps / wall:.0f} member-steps/s)")
+    if status != "ok":
+        sys.exit(f"order_parameter.py: {status}")
