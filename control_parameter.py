@@ -399,11 +399,14 @@ class ReplayBuffers:
         self.key[:, i], self.next_key[:, i] = key, next_key
         self.ptr, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
 
-    def sample(self, batch: int, gen: torch.Generator) -> dict:
-        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}."""
+    def sample(self, batch: int, gen: torch.Generator, with_obs: bool = True) -> dict:
+        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}.
+        with_obs=False skips the observations (a state table is used instead)."""
         idx = torch.randint(0, self.size, (self.obs.shape[0], batch), generator=gen, device=self.obs.device)
         out = {}
         for name in self.FIELDS:
+            if not with_obs and name in ("obs", "next_obs"):
+                continue
             x = getattr(self, name)
             out[name] = torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
         return out
@@ -691,7 +694,8 @@ def plot_crystallization(names, c_hist, member_cfg, path) -> None:
         h = c_hist[member_cfg == c]
         line, = ax.plot(h.mean(0), lw=1.5, label=name)
         ax.fill_between(np.arange(h.shape[1]), h.min(0), h.max(0), color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="episode", ylabel="crystallization C(t)", title="crystallization evolution (mean, min..max over seeds)")
+    ax.set(xlabel="episode", ylabel="crystallization C(t)",
+           title="crystallization evolution (mean, min..max over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -796,7 +800,7 @@ if __name__ == "__main__":
         obs = after
         if buf.size > args.batch_size:
             for _ in range(args.grad_steps):
-                batch = buf.sample(args.batch_size, gen)
+                batch = buf.sample(args.batch_size, gen, with_obs=table is None)
                 v = tables.value(batch["key"])
 
                 def pressure(q_rows: torch.Tensor) -> torch.Tensor:

@@ -387,11 +387,14 @@ class ReplayBuffers:
         self.key[:, i], self.next_key[:, i] = key, next_key
         self.ptr, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
 
-    def sample(self, batch: int, gen: torch.Generator) -> dict:
-        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}."""
+    def sample(self, batch: int, gen: torch.Generator, with_obs: bool = True) -> dict:
+        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}.
+        with_obs=False skips the observations (a state table is used instead)."""
         idx = torch.randint(0, self.size, (self.obs.shape[0], batch), generator=gen, device=self.obs.device)
         out = {}
         for name in self.FIELDS:
+            if not with_obs and name in ("obs", "next_obs"):
+                continue
             x = getattr(self, name)
             out[name] = torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
         return out
@@ -481,7 +484,8 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     x, y = np.asarray(x, float), np.asarray(y, float)
     x, y = x - x.mean(), y - y.mean()
     den = math.sqrt(float((x * x).sum() * (y * y).sum()))
-    return float((x * y).sum() / den) if den > 1e-12 * max(1.0, float(np.abs(x).max() * np.abs(y).max())) else float("nan")
+    scale = max(1.0, float(np.abs(x).max() * np.abs(y).max()))
+    return float((x * y).sum() / den) if den > 1e-12 * scale else float("nan")
 
 
 def center_within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -647,7 +651,7 @@ def _plt():
     return plt
 
 
-def plot_learning_curves(returns, sizes, hidden, seeds_of, size_vals, hid_vals, label, path) -> None:
+def plot_learning_curves(returns, sizes, hidden, size_vals, hid_vals, label, path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(len(size_vals), len(hid_vals), figsize=(4 * len(hid_vals), 3 * len(size_vals)),
                              squeeze=False, sharex=True)
@@ -799,7 +803,8 @@ if __name__ == "__main__":
     def log_finished_episodes(upto: int) -> None:
         """metrics.jsonl rows for the episodes every member has finished (x-axis: episode)."""
         global logged
-        r_np, td_np, op_np = returns[:, logged:upto].cpu().numpy(), td_norm[:, logged:upto].cpu().numpy(), op_hist.cpu().numpy()
+        r_np, td_np = returns[:, logged:upto].cpu().numpy(), td_norm[:, logged:upto].cpu().numpy()
+        op_np = op_hist.cpu().numpy()
         for k, e in enumerate(range(logged, upto)):
             row = {"return/mean": float(r_np[:, k].mean())}
             row.update({f"return/{nm}": float(r_np[m, k]) for m, nm in enumerate(names)})
@@ -822,8 +827,8 @@ if __name__ == "__main__":
         obs = after
         if buf.size > args.batch_size:
             for _ in range(args.grad_steps):
-                loss, grad, _ = td_loss_and_grad(theta, target, layout, buf.sample(args.batch_size, gen),
-                                                    args.discount, active, table=table)
+                batch = buf.sample(args.batch_size, gen, with_obs=table is None)
+                loss, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table)
                 g_sum += grad.norm(dim=1) * active                    # ||grad_theta L_TD||, per member
                 g_cnt += active
                 adam.step(theta, grad, active)
@@ -845,10 +850,12 @@ if __name__ == "__main__":
             acc.masked_fill_(ended, 0.0)
         tick += 1
         member_steps += theta.shape[0]
-        any_due, n_active = torch.stack([due.any().long(), (ep_count < E).sum()]).tolist()  # the one host sync per tick
+        # the one host sync per tick
+        any_due, n_active = torch.stack([due.any().long(), (ep_count < E).sum()]).tolist()
         if any_due:
             rows = due.nonzero().squeeze(1)
-            op_hist[ids[rows], (ep_count[rows] - 1) // args.order_every] = order_parameters(theta[rows], layout, probes[rows])
+            ckpt = (ep_count[rows] - 1) // args.order_every
+            op_hist[ids[rows], ckpt] = order_parameters(theta[rows], layout, probes[rows])
         any_active = n_active > 0
         if corridor and 0 < n_active <= 0.75 * theta.shape[0]:
             # ---- compaction: drop the members that are done, so they cost nothing from here on ----
@@ -867,7 +874,8 @@ if __name__ == "__main__":
             now = time.time()
             if now - last_print > 5 or not any_active:
                 print(f"tick {tick}  episodes done {int(ep_count.min())}-{int(ep_count.max())}/{E}  "
-                      f"{tick / (now - start):.0f} ticks/s  {member_steps / (now - start):.0f} member-steps/s", flush=True)
+                      f"{tick / (now - start):.0f} ticks/s  {member_steps / (now - start):.0f} member-steps/s",
+                      flush=True)
                 last_print = now
         if not any_active:
             break
@@ -902,7 +910,7 @@ if __name__ == "__main__":
 
         # ---- printed tables: correlations, phase diagram, performance diagram ----
         sv, hv = list(args.env_sizes), list(args.hidden_dims)
-        cell = lambda v, n: np.array([[v[(sizes_np == a) & (hidden_np == b)].mean() for b in hv] for a in sv])
+        cell = lambda v: np.array([[v[(sizes_np == a) & (hidden_np == b)].mean() for b in hv] for a in sv])
         fmt = lambda x: "  nan" if not np.isfinite(x) else f"{x:+.2f}"
         print(f"\n===== order parameters vs final reward ({M} runs, {len(np.unique(config_np))} configs) =====")
         print(f"{'parameter':20s} {'r [95% CI]':>22s} {'r(config means)':>16s} {'partial r|' + label:>16s} "
@@ -910,19 +918,20 @@ if __name__ == "__main__":
         for op in ALL_PARAMS:
             c = corr[op]
             print(f"{op:20s} {fmt(c['r']):>7s} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] {fmt(c['r_config_means']):>16s} "
-                  f"{fmt(c['partial_r_given_size']):>16s} " + " ".join(f"{fmt(c['within_size'][int(n)]['r']):>12s}" for n in sv)
+                  f"{fmt(c['partial_r_given_size']):>16s} "
+                  + " ".join(f"{fmt(c['within_size'][int(n)]['r']):>12s}" for n in sv)
                   + f" {fmt(c['over_training_mean_r']):>14s}")
         print(f"\nbest order parameter (largest |r| across runs): {best}")
-        for title, g in ((f"phase diagram: {best}", cell(final[best], 0)), ("performance: final reward", cell(perf, 0))):
+        for title, g in ((f"phase diagram: {best}", cell(final[best])), ("performance", cell(perf))):
             print(f"\n{title} (rows {label}, columns H, mean over {args.num_seeds} seeds)")
             print(" " * 8 + "".join(f"{'H=' + str(h):>10s}" for h in hv))
             for n, rowv in zip(sv, g):
                 print(f"{label + '=' + str(n):8s}" + "".join(f"{v:10.3f}" for v in rowv))
 
         # ---- plots ----
-        plot_learning_curves(returns_np, sizes_np, hidden_np, None, sv, hv, label,
+        plot_learning_curves(returns_np, sizes_np, hidden_np, sv, hv, label,
                              os.path.join(run_dir, "learning_curves.png"))
-        plot_phase_diagram(cell(final[best], 0), cell(perf, 0), best, sv, hv, label,
+        plot_phase_diagram(cell(final[best]), cell(perf), best, sv, hv, label,
                            os.path.join(run_dir, "phase_diagram.png"))
         cm = lambda v: np.array([v[config_np == c].mean() for c in np.unique(config_np)])
         top3 = sorted(ORDER_PARAMS, key=lambda op: -abs(np.nan_to_num(corr[op]["r"])))[:3]

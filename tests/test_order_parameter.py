@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 from conftest import read_json, read_metrics
+from dqn_reference import member_net, reference_dqn
 
 import order_parameter as op
 
@@ -45,18 +46,6 @@ def test_goal_is_checked_before_the_time_limit():
 
 
 # ---- batched network, loss, gradient and Adam against plain torch -------------------------------
-def _member_net(theta_m: torch.Tensor, layout, hidden: int) -> nn.Sequential:
-    """nn.Sequential copy of one member's (unpadded) network."""
-    p = op.unflatten(theta_m.unsqueeze(0), layout)
-    d, A = p["W1"].shape[1], p["W3"].shape[2]
-    net = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, A))
-    with torch.no_grad():
-        for lin, w, b in ((net[0], "W1", "b1"), (net[2], "W2", "b2"), (net[4], "W3", "b3")):
-            lin.weight.copy_(p[w][0, :lin.in_features, :lin.out_features].T)
-            lin.bias.copy_(p[b][0, :lin.out_features])
-    return net
-
-
 def _setup(hidden=(3, 5), d=2, A=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
     layout = op.mlp_layout(d, max(hidden), A)
@@ -91,7 +80,7 @@ def test_td_loss_and_grad_match_autograd_per_member(weighted):
     loss, grad, q_rows = op.td_loss_and_grad(theta, target, layout, batch, 0.9, active,
                                              weight_fn=(lambda q: w) if weighted else None)
     for m, hidden in enumerate((3, 5)):
-        net, tgt = _member_net(theta[m], layout, hidden), _member_net(target[m], layout, hidden)
+        net, tgt = member_net(theta[m], layout, hidden), member_net(target[m], layout, hidden)
         q = net(batch["obs"][m]).gather(1, batch["action"][m][:, None]).squeeze(1)
         y = batch["reward"][m] + 0.9 * tgt(batch["next_obs"][m]).max(1).values * (1 - batch["done"][m])
         ref = ((w[m] if weighted else 1.0) * (q - y.detach()) ** 2).mean()
@@ -173,7 +162,7 @@ def test_order_parameters_match_the_original_formulas():
     states = torch.linspace(0, 1, 11).view(-1, 1)
     got = op.order_parameters(theta, layout, states.expand(2, 11, 1))
     for m, hidden in enumerate((3, 5)):
-        net = _member_net(theta[m], layout, hidden)
+        net = member_net(theta[m], layout, hidden)
         q = net(states).detach()
         s = states.clone().requires_grad_(True)
         net(s).sum().backward()
@@ -213,72 +202,6 @@ def test_over_training_correlation_by_hand():
 
 
 # ---- batched training against an unbatched reference ------------------------------------------
-def _reference_run(N, H, episodes, prefill, batch, buffer, order_every, seed, max_steps):
-    """Plain single-network DQN in the original's structure (python corridor, nn.Sequential,
-    torch.optim.Adam), drawing its random numbers in the script's order from one generator."""
-    gen = torch.Generator().manual_seed(seed)
-    layout = op.mlp_layout(1, H, 2)
-    theta = op.init_theta(torch.tensor([H]), 1, H, 2, gen)
-    net, tgt = _member_net(theta[0], layout, H), _member_net(theta[0], layout, H)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    ring, ptr = [None] * buffer, 0                                 # FIFO of (s, a, r, s', done)
-
-    def add(row):
-        nonlocal ptr
-        ring[ptr], ptr = row, (ptr + 1) % buffer
-
-    def env_step(p, steps, a):
-        p = max(p - 1, 0) if a == 0 else p + 1
-        steps += 1
-        goal = p == N - 1
-        return p, steps, (10.0 if goal else -1.0), goal or steps >= max_steps
-
-    p = steps = 0
-    for _ in range(prefill):
-        coin = torch.rand(1, generator=gen)[0] < 0.5
-        ra = int(torch.randint(0, 2, (1,), generator=gen)[0])
-        a = ra if coin else 1
-        p2, steps, r, done = env_step(p, steps, a)
-        add((p / N, a, r, p2 / N, float(done)))
-        p, steps = (0, 0) if done else (p2, steps)
-    returns, order = [], []
-    eps = 1.0
-    for e in range(episodes):
-        p = steps = 0
-        ret, done = 0.0, False
-        while not done:
-            with torch.no_grad():
-                q = net(torch.tensor([[p / N]]))
-            explore = torch.rand(1, generator=gen)[0] < eps
-            ra = int(torch.randint(0, 2, (1,), generator=gen)[0])
-            a = ra if explore else int(q.argmax())
-            p2, steps, r, done = env_step(p, steps, a)
-            ret += r
-            add((p / N, a, r, p2 / N, float(done)))
-            p = p2
-            size = buffer - ring.count(None)
-            if size > batch:
-                for _ in range(4):
-                    idx = torch.randint(0, size, (1, batch), generator=gen)[0].tolist()
-                    s, a_, r_, s2, d = (torch.tensor([ring[i][k] for i in idx]) for k in range(5))
-                    with torch.no_grad():
-                        y = r_ + 0.99 * tgt(s2[:, None]).max(1).values * (1 - d)
-                    loss = ((net(s[:, None]).gather(1, a_[:, None]).squeeze(1) - y) ** 2).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-        if e % 10 == 0:
-            tgt.load_state_dict(net.state_dict())
-        eps = max(0.01, eps * 0.99)
-        if e % order_every == 0:
-            s = torch.linspace(0, 1, 50).view(-1, 1).requires_grad_(True)
-            net(s).sum().backward()
-            order.append(float(s.grad.norm()))
-            opt.zero_grad()
-        returns.append(ret)
-    return returns, order
-
-
 def test_batched_script_matches_an_unbatched_reference(run):
     """One configuration, so the batch has one member: same draws, same returns, same order params.
     The FIFO buffer is small enough to wrap, which checks the ring buffer against a python list."""
@@ -290,7 +213,9 @@ def test_batched_script_matches_an_unbatched_reference(run):
     rows = read_metrics(run_dir)
     got_returns = [r["return/N5_H6_s0"] for r in rows]
     got_order = [r["gradient_magnitude/N5_H6_s0"] for r in rows if "gradient_magnitude/N5_H6_s0" in r]
-    want_returns, want_order = _reference_run(5, 6, 8, 30, 8, 60, 2, 3, 12)
+    want = reference_dqn(N=5, H=6, episodes=8, prefill=30, batch=8, buffer=60, seed=3, max_steps=12, lr=0.01,
+                         grad_steps=4, order_every=2, probes=50)
+    want_returns, want_order = want["returns"], want["order"]
     assert got_returns == want_returns
     assert np.allclose(got_order, want_order, rtol=1e-4)
 
