@@ -145,6 +145,8 @@ class Args:
     """AdamW steps per stage-A model"""
     a_lr: float = 3e-3
     """AdamW learning rate of stage A (cosine decay to 10%)"""
+    a_head_tokens: int = 4
+    """also report the CE of the first this many continuation tokens (where the context matters most)"""
     a_context_loss: bool = True
     """also train plain LM CE on the context tokens (keeps the gist model a causal LM for B and C)"""
     batch_size: int = 16
@@ -246,6 +248,8 @@ def finalize_args(args: Args) -> Args:
     for name in ("context_len", "cont_len", "c_chunk_len"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
+    if not 1 <= args.a_head_tokens <= args.cont_len:
+        raise ValueError(f"--a-head-tokens must lie in [1, --cont-len], got {args.a_head_tokens}")
     for name in ("a_steps", "b_steps", "c_steps", "batch_size", "meta_batch_size", "eval_every", "eval_batches",
                  "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "torch_threads"):
         if getattr(args, name) <= 0:
@@ -499,13 +503,20 @@ def gist_sequences(windows: torch.Tensor, ctx_len: int, num_gist: int, gist_id: 
     return torch.cat([windows[:, :ctx_len], gists, windows[:, ctx_len:]], dim=1)
 
 
+def continuation_token_ce(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gist: int) -> torch.Tensor:
+    """(B, Lx) CE of each continuation token: token i sits at position Lc + k + i and is predicted
+    by position Lc + k + i - 1 (the last gist for i = 0)."""
+    first = ctx_len + num_gist
+    tok = F.cross_entropy(logits[:, first - 1:-1].flatten(0, 1).float(), ids[:, first:].flatten(), reduction="none")
+    return tok.view(ids.shape[0], -1)
+
+
 def stage_a_losses(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gist: int,
                    context_loss: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(training loss, continuation CE). Continuation token i sits at position Lc + k + i and is
     predicted by position Lc + k + i - 1 (the last gist for i = 0). With context_loss, the loss is
     the token-weighted mean over continuation and context targets (context tokens 1..Lc-1)."""
-    first = ctx_len + num_gist
-    cont_tok = F.cross_entropy(logits[:, first - 1:-1].flatten(0, 1).float(), ids[:, first:].flatten(), reduction="none")
+    cont_tok = continuation_token_ce(logits, ids, ctx_len, num_gist).flatten()
     cont_ce = cont_tok.mean()
     if not context_loss:
         return cont_ce, cont_ce
@@ -871,14 +882,15 @@ if __name__ == "__main__":
         a_val = fixed_val_windows(Lc + Lx, args.eval_batches * args.batch_size, 1).view(
             args.eval_batches, args.batch_size, Lc + Lx)
         masks = {m: gist_attention_mask(Lc, k, Lx, m, device=device) for m in MASK_MODES}
-        a_curves, a_final, gist_model = {}, {}, None
+        a_curves, a_final, a_head, gist_model = {}, {}, {}, None
 
-        def a_eval(m, mode):
+        def a_eval(m, mode) -> tuple[float, float]:
+            """(continuation CE, CE of its first --a-head-tokens tokens) on the fixed validation windows."""
             with torch.no_grad():
-                return float(torch.stack([stage_a_losses(m(input_ids=gist_sequences(w, Lc, k, args.gist_id),
-                                                           attention_mask=masks[mode], use_cache=False).logits,
-                                                         gist_sequences(w, Lc, k, args.gist_id), Lc, k, False)[1]
-                                          for w in a_val]).mean())
+                tok = torch.cat([continuation_token_ce(m(input_ids=ids, attention_mask=masks[mode], use_cache=False).logits,
+                                                       ids, Lc, k)
+                                 for ids in (gist_sequences(w, Lc, k, args.gist_id) for w in a_val)])
+            return float(tok.mean()), float(tok[:, :args.a_head_tokens].mean())
 
         for mode in args.a_run_modes:
             model.load_state_dict(init_state)
@@ -886,7 +898,8 @@ if __name__ == "__main__":
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s, args.a_steps) / args.a_steps)))
             a_gen = torch.Generator().manual_seed(args.seed)             # same batches for every mask
-            xs, ys = [0], [a_eval(model, mode)]
+            xs, (y0, h0) = [0], a_eval(model, mode)
+            ys, heads = [y0], [h0]
             t0, tokens = time.time(), 0
             for s in range(1, args.a_steps + 1):
                 step += 1
@@ -901,13 +914,15 @@ if __name__ == "__main__":
                 tokens += ids.numel()
                 if s % args.eval_every == 0 or s == args.a_steps:
                     train_loss = finite(loss.item(), f"stage A, mask {mode}")
-                    xs.append(s), ys.append(a_eval(model, mode))
+                    y, h = a_eval(model, mode)
+                    xs.append(s), ys.append(y), heads.append(h)
                     tps = tokens / (time.time() - t0)
                     log.log(step, {"stage": "a", "stage_step": s, "a/mode": mode, "a/train_loss": train_loss,
-                                   "a/train_cont_ce": cont_ce.item(), "a/val_cont_ce": ys[-1], "a/tokens_per_s": tps})
+                                   "a/train_cont_ce": cont_ce.item(), "a/val_cont_ce": y, "a/val_head_ce": h,
+                                   "a/tokens_per_s": tps})
                     print(f"[A {mode:>4}] step {s:>5d}/{args.a_steps}  val cont CE {ys[-1]:.4f}  {tps:,.0f} tok/s", flush=True)
-            a_curves[mode], a_final[mode] = (xs, ys), ys[-1]
-            summary[f"a_ce_{mode}"] = ys[-1]
+            a_curves[mode], a_final[mode], a_head[mode] = (xs, ys), ys[-1], heads[-1]
+            summary[f"a_ce_{mode}"], summary[f"a_ce_head_{mode}"] = ys[-1], heads[-1]
             summary[f"a_tokens_per_s_{mode}"] = tokens / (time.time() - t0)
             if mode == "gist":
                 gist_model = copy.deepcopy(model)
@@ -915,6 +930,9 @@ if __name__ == "__main__":
             gap = a_final["none"] - a_final["full"]
             summary["a_retention"] = (a_final["none"] - a_final["gist"]) / gap if gap != 0 else None
             summary["a_gap_none_full"] = gap
+            gap = a_head["none"] - a_head["full"]
+            summary["a_retention_head"] = (a_head["none"] - a_head["gist"]) / gap if gap != 0 else None
+            summary["a_gap_none_full_head"] = gap
         # speed: gist-masked vs unmasked (plain causal) forward on the same batch
         with torch.no_grad():
             ids = gist_sequences(a_val[0], Lc, k, args.gist_id)
@@ -925,7 +943,8 @@ if __name__ == "__main__":
                     f"{run_name}: stage A, k={k}, Lc={Lc}, Lx={Lx}", os.path.join(run_dir, "stage_a.png"))
         if "a" in args.run_stages:
             print(f"[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
-                  + (f"; retention {summary['a_retention']:.3f}" if summary.get("a_retention") is not None else "")
+                  + (f"; retention {summary['a_retention']:.3f} (first {args.a_head_tokens} tokens: "
+                     f"{summary['a_retention_head']:.3f})" if summary.get("a_retention_head") is not None else "")
                   + f"; masked/unmasked forward {t_mask / t_plain:.2f}x", flush=True)
 
         # ==========================================================================================
