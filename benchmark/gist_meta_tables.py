@@ -40,27 +40,36 @@ def status(exp):
 
 print(f"runs: {', '.join(f'{k} x{len(v)}' for k, v in sorted(groups.items()))}\n")
 
-print("## Stage A: continuation CE (nats/token) on validation text, k=4, Lc=64, Lx=16" + status("main"))
-print("| seed | CE none | CE gist | CE full | retention |\n|---|---|---|---|---|")
-for seed, s, _ in sorted(groups.get("main", [])):
-    print(f"| {seed} | {s['a_ce_none']:.3f} | {s['a_ce_gist']:.3f} | {s['a_ce_full']:.3f} | {s.get('a_retention', float('nan')):.3f} |")
-print(f"| mean (n={len(groups.get('main', []))}) | {fmt(col('main', 'a_ce_none'))} | {fmt(col('main', 'a_ce_gist'))} | "
-      f"{fmt(col('main', 'a_ce_full'))} | {fmt(col('main', 'a_retention'))} |\n")
+head = "a_main" if "a_main" in groups else "main"        # a_main: main's stage A again + first-token CE
+print(f"## Stage A: continuation CE (nats/token) on validation text, k=4, Lc=64, Lx=16 [{head}]" + status(head))
+print("| seed | CE none | CE gist | CE full | retention | first-4 CE none | gist | full | first-4 retention |")
+print("|---|---|---|---|---|---|---|---|---|")
+for seed, s, _ in sorted(groups.get(head, [])):
+    hd = [s.get(f"a_ce_head_{m}", float("nan")) for m in ("none", "gist", "full")]
+    print(f"| {seed} | {s['a_ce_none']:.3f} | {s['a_ce_gist']:.3f} | {s['a_ce_full']:.3f} | {s.get('a_retention', float('nan')):.3f} | "
+          f"{hd[0]:.3f} | {hd[1]:.3f} | {hd[2]:.3f} | {s.get('a_retention_head', float('nan')):.3f} |")
+print(f"| mean (n={len(groups.get(head, []))}) | " + " | ".join(fmt(col(head, key)) for key in (
+    "a_ce_none", "a_ce_gist", "a_ce_full", "a_retention", "a_ce_head_none", "a_ce_head_gist", "a_ce_head_full",
+    "a_retention_head")) + " |\n")
 
-main1 = next((s for seed, s, _ in groups.get("main", []) if seed == 1), None)
+ref1 = next((s for seed, s, _ in groups.get(head, []) if seed == 1), None)
 print("## Stage A: retention vs k and context length (seed 1)")
-print("| k | Lc | CE none | CE gist | CE full | retention |\n|---|---|---|---|---|---|")
+print("| k | Lc | CE none | CE gist | CE full | retention | first-4: none / gist / full | first-4 retention |")
+print("|---|---|---|---|---|---|---|---|")
 rows = []
-for exp in ("a_k1", "main", "a_k16", "a_ctx16"):
+for exp in ("a_k1", head, "a_k16", "a_ctx16"):
     for seed, s, a in groups.get(exp, []):
         if seed != 1:
             continue
-        ref = s if "a_ce_none" in s else main1          # k sweeps train the gist mask only
-        none, full = ref["a_ce_none"], ref["a_ce_full"]
-        ret = (none - s["a_ce_gist"]) / (none - full)
-        note = "" if ref is s else " (none/full from the k=4 run)"
+        ref = s if "a_ce_none" in s else ref1          # k sweeps train the gist mask only
+        ret = (ref["a_ce_none"] - s["a_ce_gist"]) / (ref["a_ce_none"] - ref["a_ce_full"])
+        hn, hg, hf = ref.get("a_ce_head_none"), s.get("a_ce_head_gist"), ref.get("a_ce_head_full")
+        hret = (hn - hg) / (hn - hf) if None not in (hn, hg, hf) else float("nan")
+        note = "" if ref is s else " (none/full: k=4 run)"
         rows.append((a["num_gist_tokens"], a["context_len"],
-                     f"| {a['num_gist_tokens']} | {a['context_len']} | {none:.3f} | {s['a_ce_gist']:.3f} | {full:.3f} | {ret:.3f}{note} |"))
+                     f"| {a['num_gist_tokens']} | {a['context_len']} | {ref['a_ce_none']:.3f} | {s['a_ce_gist']:.3f} | "
+                     f"{ref['a_ce_full']:.3f} | {ret:.3f}{note} | {hn or float('nan'):.3f} / {hg or float('nan'):.3f} / "
+                     f"{hf or float('nan'):.3f} | {hret:.3f} |"))
 for _, _, line in sorted(rows):
     print(line)
 print()

@@ -352,11 +352,13 @@ def test_smoke_all_stages_write_every_output(run):
     assert any("b/gist_spread_pred" in r for r in rows) and any("c/outer_ce" in r for r in rows)
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok"
-    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_retention", "a_fwd_masked_ratio", "b_val_ce_gist",
+    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_retention", "a_retention_head", "a_ce_head_none", "a_fwd_masked_ratio", "b_val_ce_gist",
                 "b_val_ce_ce", "b_val_ce_none", "b_gist_spread_pred_final", "c_sec_per_meta_step",
                 "c_meta_vs_plain", "c_loss_scale_final", *(f"c_eval_gain_{r}" for r in G.EVAL_RULES)):
         assert key in s and s[key] is not None, key
     assert s["a_retention"] == pytest.approx((s["a_ce_none"] - s["a_ce_gist"]) / (s["a_ce_none"] - s["a_ce_full"]))
+    head = [r["a/val_head_ce"] for r in rows if "a/val_head_ce" in r]
+    assert head and all(math.isfinite(h) for h in head)
     assert s["a_ce_gist"] < math.log(257) - 0.1                   # stage A learns from a uniform start
     assert s["b_val_ce_ce"] < s["b_val_ce_none"]                  # true-CE updates help
     assert s["c_eval_gain_none"] == 0.0
