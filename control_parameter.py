@@ -507,10 +507,15 @@ def uncertainty_read_and_update(tables: PressureTables, key: torch.Tensor, u_new
         unseen:        U_0 = 1 (the default), U_j = u for j >= 1 after the first update
     """
     M, B = key.shape
-    S = tables.u.shape[1]
-    onehot = torch.nn.functional.one_hot(key, S).to(u_new.dtype)                    # [M, B, S]
-    rank = ((onehot.cumsum(1) - onehot) * onehot).sum(-1)                           # occurrences before i
-    count = onehot.sum(1)                                                           # [M, S]
+    # rank of each sample among the earlier samples of the same state: sort stably by key, then
+    # count positions since the start of each run of equal keys; [M, B], no [M, B, S] one-hot
+    sorted_key, perm = key.sort(dim=1, stable=True)
+    pos = torch.arange(B, device=key.device).expand(M, B)
+    starts = torch.ones_like(sorted_key, dtype=torch.bool)
+    starts[:, 1:] = sorted_key[:, 1:] != sorted_key[:, :-1]
+    run_start = torch.where(starts, pos, torch.zeros_like(pos)).cummax(1).values
+    rank = torch.empty_like(pos).scatter_(1, perm, pos - run_start).to(u_new.dtype)
+    count = torch.zeros_like(tables.u).scatter_add_(1, key, torch.ones_like(u_new))  # [M, S]
     u0, seen = tables.u.gather(1, key), tables.u_seen.gather(1, key)
     decay = ema ** rank
     read = torch.where(seen, decay * u0 + (1 - decay) * u_new, torch.where(rank > 0, u_new, torch.ones_like(u0)))
