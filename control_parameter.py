@@ -44,8 +44,10 @@ Run:      python control_parameter.py                           # 5 configs x 5 
           python control_parameter.py --uncertainty constant    # the original's U = 1
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: episode), summary.json,
           control_parameter_analysis.png, crystallization_evolution.png
-Runtime:  about a minute on one CPU thread (README).
-Result:   see the README: no configuration beats Baseline on return; C(T) orders with kappa.
+Runtime:  the default comparison (25 runs) takes under a minute of CPU time on one thread (README).
+Result:   (README) C(T) = 0.517 for Uncertainty Focus against 0.508 for Value Focus reproduces with
+          U = 1 and with the fixed U; the kappa ablation lands at 0.508, so the gap is kappa alone.
+          No configuration beats the Baseline on return.
 """
 
 import json
