@@ -65,7 +65,8 @@ Run:      python gist_meta.py                     (all stages)
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer/meta steps of all
           stages in order, each row has "stage"), summary.json, stage_a.png, stage_b.png,
           stage_c.png, tokenizer.json (BPE)
-Runtime:  defaults take ~10-15 min on one CPU thread (measured, README).
+Runtime:  the benchmark's budget (2/3 of the defaults' steps) took 12.5 min per seed on one thread of a
+          shared, overloaded 2-core VM; the defaults are not timed on their own (README, "Speed").
 Result:   see README ("gist_meta.py results"); measured at this tiny scale only.
 """
 
