@@ -1034,9 +1034,9 @@ if __name__ == "__main__":
         pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device) * args.init_std
         rows, status, best_ever = [], "ok", (-math.inf, None, -1)
         ind_steps = P * K * args.steps
-        start_time, eval_time = time.time(), 0.0
+        start_time, eval_time, eval_cpu = time.time(), 0.0, 0.0
         for g in range(args.generations):
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             res = run_lifetimes(args, pop, K, lifetime_generator(args.seed, g, device), device)
             fitness, n_bad = sanitize_fitness(aggregate_fitness(res["returns"], args.fitness_agg))
             order = torch.sort(fitness, descending=True, stable=True).indices
@@ -1046,13 +1046,13 @@ if __name__ == "__main__":
                                  fitness[torch.isfinite(fitness)].median(), n_bad.float(),
                                  res["quarters"][top, :, 0].mean(), res["quarters"][top, :, 3].mean(),
                                  res["saturated"].mean()]).tolist()             # the one host sync per generation
-            dt_gen = time.time() - t0
-            eval_time += dt_gen
+            dt_gen, cpu_gen = time.time() - t0, time.process_time() - c0
+            eval_time, eval_cpu = eval_time + dt_gen, eval_cpu + cpu_gen
             best, mean, elite, median, n_nan, q1, q4, sat = stats
             row = {"fitness/best": best, "fitness/mean": mean, "fitness/elite_mean": elite, "fitness/median": median,
                    "fitness/nan_count": int(n_nan), "fitness/best_first_quarter": q1, "fitness/best_last_quarter": q4,
                    "diag/saturated_action_frac": sat, "time/individual_steps_per_s": ind_steps / dt_gen,
-                   "time/generation_s": dt_gen}
+                   "time/individual_steps_per_cpu_s": ind_steps / max(cpu_gen, 1e-9), "time/generation_s": dt_gen}
             rows.append({"generation": g, **row})
             log.log(g, row)
             genome = pop[top].clone()
@@ -1073,6 +1073,7 @@ if __name__ == "__main__":
                    "food_layout": args.food_layout, "population_size": P, "genome_size": args.genome_size,
                    "generations_done": len(rows), "wall_time_s": time.time() - start_time,
                    "individual_steps_per_s": ind_steps * len(rows) / max(eval_time, 1e-9),
+                   "individual_steps_per_cpu_s": ind_steps * len(rows) / max(eval_cpu, 1e-9),
                    "rss_start_mb": rss_start, "peak_rss_mb": peak_rss_mb(),
                    "peak_rss_above_start_mb": peak_rss_mb() - rss_start}
         summary["bytes_per_individual"] = summary["peak_rss_above_start_mb"] * 2**20 / (P * K)
@@ -1093,7 +1094,7 @@ if __name__ == "__main__":
             summary["heldout_lifetimes"] = args.eval_lifetimes
             rec = run_lifetimes(dataclasses.replace(args, food_layout="random"), final_best[None], 1,
                                 lifetime_generator(args.seed, -1, device), device, record=True)
-            plot_trajectory(args.env, rec["frames"], f"{run_name}: best of generation {len(rows) - 1}, unseen layout",
+            plot_trajectory(args.env, rec["frames"], f"best of generation {len(rows) - 1}, unseen layout",
                             os.path.join(run_dir, "trajectory.png"))
             line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
             print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")

@@ -3,7 +3,8 @@
 # individual-steps/s (one env step of one individual's lifetime, rule update included) and the peak
 # RSS above the RSS just before the population is allocated (summary.json: peak_rss_above_start_mb,
 # bytes_per_individual). P = 1000 and 10,000, one lifetime of 200 steps each, rule on (mpnn, abcd)
-# and off (--evolve actor). The machine is shared: the script logs the load average beside each run.
+# and off (--evolve actor). The machine is shared: the script logs the load average beside each run and
+# also reports individual-steps per second of this process's CPU time (less sensitive to the other jobs).
 #   bash benchmark/ga_learning_rule_speed.sh      # ~5 min on a quiet 2-core CPU; prints the table
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,11 +24,11 @@ for P in 1000 10000; do
 done
 python - <<'PY'
 import glob, json
-print("| run | P | individual-steps/s | peak RSS above start (MB) | bytes per individual |")
-print("|---|---|---|---|---|")
+print("| run | P | individual-steps/s (wall) | individual-steps per CPU-s | peak RSS above start (MB) | bytes per individual |")
+print("|---|---|---|---|---|---|")
 for path in sorted(glob.glob("runs/*/summary.json")):
     s = json.load(open(path))
     name = path.split("/")[1].split("__")[0]
-    print(f"| {name} | {s['population_size']} | {s['individual_steps_per_s']:,.0f} | "
+    print(f"| {name} | {s['population_size']} | {s['individual_steps_per_s']:,.0f} | {s['individual_steps_per_cpu_s']:,.0f} | "
           f"{s['peak_rss_above_start_mb']:.1f} | {s['bytes_per_individual']:,.0f} |")
 PY
