@@ -77,9 +77,9 @@ Runtime:  defaults (P = 1000, 2 lifetimes x 200 steps, 30 generations, rule mpnn
           CPU-second (benchmark/ga_learning_rule_speed.sh), longer on a loaded machine.
 Result:   (README, FoodWorld, 3 seeds) evolving the actor directly reaches a lifetime return of
           7.3 +- 0.6 (about the foods eaten) on unseen layouts, against 8.3 for a hand-written
-          push-toward-food controller; no evolved rule of either
-          family learns within its lifetime: the best mpnn rule ignores the reward (same return with it
-          zeroed) and moves the agent on a fixed diagonal, the best abcd rule does worse than no action.
+          push-toward-food controller. No evolved rule of either family learns within its lifetime:
+          the best mpnn rule ignores the reward (same return with it zeroed) and moves the agent on a
+          fixed diagonal; the best abcd rule does worse than no action.
 """
 
 import dataclasses
