@@ -48,11 +48,11 @@ Run:      python self_critic_lm.py --critic frozen          (online | frozen | e
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer steps of both
           phases), summary.json (hack step, CE curve, samples), self_critic.png, tokenizer.json (BPE)
 Runtime:  defaults (1.0M params, byte vocab + [LOSS], batch 16 x 32 tokens, 50 meta + 200 self
-          steps, frozen critic) took 190-270 s wall on one thread of the shared 2-core CPU, two runs
+          steps, frozen critic) took 190-275 s wall on one thread of the shared 2-core CPU, two runs
           at a time (benchmark/self_critic.sh). A self step costs 2.3x a plain LM step on the same
           batch (benchmark/self_critic_speed.py).
 Result:   (3 seeds, README; this tiny scale only) after 50 meta steps the critic agrees with the
-          true token ~70% of the time and every critic mode is hacked within 4-16 self steps
+          true token 21-69% of the time and every critic mode is hacked within 4-16 self steps
           (online 5.3 +- 1.9, frozen 8.0 +- 5.7): the seed's online << frozen ordering does not
           reproduce. With 150 meta steps (critic agreement ~94%) the frozen critic never hacked in
           200 self steps (3/3), nor in 800 after 100 meta steps (1 seed); adversarial critic triples
