@@ -2,10 +2,12 @@
 loop, the batched script against an unbatched reference, and subprocess runs."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+import tyro
 from conftest import read_json, read_metrics
 from dqn_reference import reference_dqn
 
@@ -161,10 +163,15 @@ def test_cartpole_runs(run):
     (("--episodes", "-1"), "--episodes must be positive"),
     (("--env", "NoSuchEnv-v0"), "unknown --env 'NoSuchEnv-v0'"),
 ])
-def test_bad_input_fails_fast_with_one_line(run, args, message):
-    proc, run_dir = run(SCRIPT, *args)
+def test_bad_input_is_rejected_with_a_one_line_reason(args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cp.finalize_args(tyro.cli(cp.Args, args=list(args), config=(tyro.conf.FlagConversionOff,)))
+
+
+def test_bad_input_fails_fast_with_one_line(run):
+    proc, run_dir = run(SCRIPT, "--configs", "--episodes", "0")
     assert proc.returncode != 0 and run_dir is None
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "needs at least one configuration" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_non_finite_training_stops_and_keeps_the_log(run):
