@@ -795,18 +795,18 @@ class RunLog:
 # <<< copied: outputs
 
 
-def plot_curves(panels: list[tuple[str, dict]], title: str, path: str) -> None:
-    """One row of line plots; each panel is (y label, {label: (xs, ys)})."""
+def plot_curves(panels: list[tuple], title: str, path: str) -> None:
+    """One row of line plots; each panel is (y label, {label: (xs, ys)}[, x label])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, (ylabel, series) in zip(axes[0], panels):
+    for ax, (ylabel, series, *xlabel) in zip(axes[0], panels):
         for label, (xs, ys) in series.items():
             ax.plot(xs, ys, marker=".", label=label)
-        ax.set(xlabel="stage step", ylabel=ylabel)
+        ax.set(xlabel=xlabel[0] if xlabel else "stage step", ylabel=ylabel)
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -1133,9 +1133,12 @@ if __name__ == "__main__":
             step += 1
             log.log(step, {"stage": "c", "stage_step": args.c_steps, **{f"c/eval_ce_{r}": summary[f"c_eval_ce_{r}"]
                                                                        for r in rules}})
-            plot_curves([("CE on the meta step's validation chunk", c_curves),
-                         ("CE on the next chunk after K steps (eval)",
-                          {r: (list(range(args.c_eval_episodes)), results[r]) for r in rules})],
+            before_c, outer_c = c_curves["CE before inner step (theta)"], c_curves["outer CE (theta')"]
+            plot_curves([("inner-step gain CE(theta) - CE(theta') (nats)",
+                          {"one inner step of L_gist": (before_c[0], list(np.array(before_c[1]) - np.array(outer_c[1])))}),
+                         ("K-step gain vs none, next chunk (nats)",
+                          {r: (list(range(args.c_eval_episodes)), list(none - np.array(results[r]))) for r in rules},
+                          "evaluation episode")],
                         f"{run_name}: stage C, val-select {args.val_select}, "
                         f"{'first' if args.first_order else 'second'} order, K={K}", os.path.join(run_dir, "stage_c.png"))
             print("[C] CE lowered by K=%d steps (nats, vs none): " % K
