@@ -435,14 +435,11 @@ def test_finalize_args_rejects_bad_input(kwargs, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--actor-shape", "6", "8", "2"), "must start with 7"),
-    (("--num-survivors", "2000"), "exceeds --population-size"),
-])
-def test_bad_input_fails_fast_with_one_line(run, args, message):
-    proc, run_dir = run(SCRIPT, *args)
+def test_bad_input_fails_fast_with_one_line(run):
+    """The CLI turns finalize_args' ValueError into one line on stderr, before any run folder exists."""
+    proc, run_dir = run(SCRIPT, "--num-survivors", "2000")
     assert proc.returncode != 0 and run_dir is None
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "exceeds --population-size" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_nan_fitness_is_counted_and_an_all_nan_population_stops(run):
