@@ -4,7 +4,6 @@ differences), first vs second order and the similarity selection; subprocess smo
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from conftest import read_json, read_metrics
