@@ -662,8 +662,8 @@ def plot_run(rows: list[dict], meta_end: int, hack_step: Optional[int], guard_st
     kl = [(r["step"], r["val/kl_from_start"]) for r in ev if "val/kl_from_start" in r]
     if kl:
         ax2b = ax2.twinx()
-        ax2b.plot(*zip(*kl), color="C3", label="KL from phase-2 start")
-        ax2b.set_ylabel("KL (nats)", color="C3")
+        ax2b.plot(*zip(*kl), color="C5", label="KL from phase-2 start")
+        ax2b.set_ylabel("KL from phase-2 start (nats)", color="C5")
     for a in (ax, ax2):
         a.axvline(meta_end, color="gray", ls="--", lw=1)
         for g in guard_steps:
