@@ -53,10 +53,11 @@ Runtime:  defaults (1.0M params, byte vocab + [LOSS], batch 16 x 32 tokens, 50 m
           batch (benchmark/self_critic_speed.py).
 Result:   (3 seeds, README; this tiny scale only) after 50 meta steps the critic agrees with the
           true token 21-69% of the time and every critic mode is hacked within 4-16 self steps
-          (online 5.3 +- 1.9, frozen 8.0 +- 5.7): the seed's online << frozen ordering does not
-          reproduce. With 150 meta steps (critic agreement ~94%) the frozen critic never hacked in
-          200 self steps (3/3), nor in 800 after 100 meta steps (1 seed); adversarial critic triples
-          delayed it (2/3 hacked, at 4 and 125); the guard restores and ends lowest.
+          (online 5.3 +- 1.9, frozen 8.0 +- 5.7; 3.7 vs 6.3 at one-step resolution): online <=
+          frozen by 0-8 steps, not the seed's online << frozen. With 150 meta steps (critic
+          agreement ~94%) the frozen critic never hacked in 200 self steps (3/3), nor in 800 after
+          100 meta steps (1 seed); adversarial critic triples delayed it (2/3 hacked, at 4 and
+          125); the guard restores and ends lowest.
 """
 
 import copy
