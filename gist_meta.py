@@ -65,9 +65,8 @@ Run:      python gist_meta.py                     (all stages)
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer/meta steps of all
           stages in order, each row has "stage"), summary.json, stage_a.png, stage_b.png,
           stage_c.png, tokenizer.json (BPE)
-Runtime:  the benchmark's budget (2/3 of the defaults' steps) took 868 +- 170 s per seed on one thread of
-          a shared, overloaded 2-core VM; the defaults are not timed (about 6-8 min estimated for an
-          idle core from the measured per-step costs; README, "Speed").
+Runtime:  the defaults took 9 min wall / 4.3 min CPU on one thread of a shared 2-core VM
+          (benchmark/gist_meta_defaults.sh); README, "Speed".
 Result:   (README, 1M params, 3 seeds) the gist bottleneck loses nothing measurable (the controls
           barely differ at this scale); the stage-B semantic loss raises validation CE by 0.44 nats
           where true CE lowers it by 0.09; the meta-learned gist loss neither helps nor hurts
