@@ -381,7 +381,7 @@ def build_lm(args, vocab_size: int, n_positions: int, attn_implementation: str =
         context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
         if context is not None and n_positions > context:
             raise ValueError(f"the run needs {n_positions} positions but {args.model_name_or_path!r} has a context "
-                             f"of {context}; lower --block-size")
+                             f"of {context}; use shorter sequences")
         rows = model.get_input_embeddings().weight.shape[0]
         if rows < vocab_size:
             model.resize_token_embeddings(vocab_size, mean_resizing=True)
