@@ -811,18 +811,18 @@ if __name__ == "__main__":
                 v = tables.value(batch["key"])
 
                 def pressure(q_rows: torch.Tensor) -> torch.Tensor:
-                    """beta per sample from the same forward pass as the loss (Q before this step)."""
-                    global beta
+                    """beta per sample from the same forward pass as the loss (Q before this step);
+                    also accumulates the episode's mean beta (Baseline members log beta, use 1)."""
                     u_new = q_rows.var(-1) if args.uncertainty == "variance" else torch.ones_like(v)
                     u = uncertainty_read_and_update(tables, batch["key"], u_new, args.u_ema, active)
                     beta = selective_pressure(args.beta0, alpha, gamma_u, crystal, v, u)
+                    b_sum.add_(beta.mean(1) * active)
+                    b_cnt.add_(active)
                     return torch.where(weighted.unsqueeze(1), beta, 1.0)
 
                 _, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active,
                                               weight_fn=pressure, table=table)
                 adam.step(theta, clip_per_member(grad, args.max_grad_norm), active)
-                b_sum += beta.mean(1) * active
-                b_cnt += active
 
         # ---- episode bookkeeping (the original's order: target copy, eps decay, then C) ----
         ended = term | trunc
