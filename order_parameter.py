@@ -166,9 +166,8 @@ def finalize_args(args: Args) -> Args:
         check_gym_env(args.env)
         if len(args.env_sizes) != 1:
             raise ValueError(f"--env {args.env} has no size axis; pass a single --env-sizes value (e.g. 0)")
-    for name in ("hidden_dims",):
-        if min(getattr(args, name)) <= 0:
-            raise ValueError(f"--hidden-dims must be positive, got {list(args.hidden_dims)}")
+    if min(args.hidden_dims) <= 0:
+        raise ValueError(f"--hidden-dims must be positive, got {list(args.hidden_dims)}")
     for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "grad_steps",
                  "target_every", "order_every", "num_probe_states", "final_window", "bootstrap", "torch_threads"):
         if getattr(args, name) <= 0:
@@ -794,10 +793,10 @@ if __name__ == "__main__":
     obs = env.reset()                                            # the original resets every episode
     eps = torch.full((M,), args.eps_start, device=device)
     ep_count = torch.zeros(M, dtype=torch.long, device=device)   # finished episodes per member
-    ep_ret, ep_len = torch.zeros(M, device=device), torch.zeros(M, device=device)
+    ep_ret = torch.zeros(M, device=device)
     g_sum, g_cnt = torch.zeros(M, device=device), torch.zeros(M, device=device)
     returns = torch.full((M, E), float("nan"), device=device)
-    lengths, td_norm = returns.clone(), returns.clone()
+    td_norm = returns.clone()
     ckpts = np.arange(0, E, args.order_every)
     op_hist = torch.full((M, len(ckpts), len(ORDER_PARAMS)), float("nan"), device=device)
     ids = torch.arange(M, device=device)                      # row -> member id (rows shrink, ids do not)
@@ -832,7 +831,7 @@ if __name__ == "__main__":
         if buf.size > args.batch_size:
             for _ in range(args.grad_steps):
                 batch = buf.sample(args.batch_size, gen, with_obs=table is None)
-                loss, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table)
+                _, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table)
                 g_sum += grad.norm(dim=1) * active                    # ||grad_theta L_TD||, per member
                 g_cnt += active
                 adam.step(theta, grad, active)
@@ -841,16 +840,15 @@ if __name__ == "__main__":
         ended = term | trunc
         fin = ended & active                                          # members finishing episode ep_count
         ep_ret += reward
-        ep_len += 1
         slot = ids * E + ep_count.clamp(max=E - 1)
-        for store, value in ((returns, ep_ret), (lengths, ep_len), (td_norm, g_sum / g_cnt.clamp(min=1))):
+        for store, value in ((returns, ep_ret), (td_norm, g_sum / g_cnt.clamp(min=1))):
             flat = store.view(-1)
             flat[slot] = torch.where(fin, value, flat[slot])
         target = torch.where((fin & (ep_count % args.target_every == 0)).unsqueeze(1), theta, target)
         eps = torch.where(fin, (eps * args.eps_decay).clamp(min=args.eps_end), eps)
         due = fin & (ep_count % args.order_every == 0)
         ep_count += fin.long()
-        for acc in (ep_ret, ep_len, g_sum, g_cnt):
+        for acc in (ep_ret, g_sum, g_cnt):
             acc.masked_fill_(ended, 0.0)
         tick += 1
         member_steps += theta.shape[0]
@@ -864,9 +862,9 @@ if __name__ == "__main__":
         if corridor and 0 < n_active <= 0.75 * theta.shape[0]:
             # ---- compaction: drop the members that are done, so they cost nothing from here on ----
             rows = (ep_count < E).nonzero().squeeze(1)
-            theta, target, eps, ep_count, ep_ret, ep_len, g_sum, g_cnt, obs, ids, probes, table = (
+            theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table = (
                 None if x is None else x[rows]
-                for x in (theta, target, eps, ep_count, ep_ret, ep_len, g_sum, g_cnt, obs, ids, probes, table))
+                for x in (theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table))
             for obj in (env, adam, buf):
                 keep_rows(obj, rows)
 
@@ -886,7 +884,7 @@ if __name__ == "__main__":
     wall = time.time() - start
 
     # ---- analysis ----
-    returns_np, lengths_np, td_np, op_np = (x.cpu().numpy() for x in (returns, lengths, td_norm, op_hist))
+    returns_np, td_np, op_np = (x.cpu().numpy() for x in (returns, td_norm, op_hist))
     W = args.final_window
     perf = returns_np[:, -W:].mean(1)
     final = {op: op_np[:, -1, j] for j, op in enumerate(ORDER_PARAMS)}

@@ -153,6 +153,10 @@ def test_cartpole_runs(run):
     assert proc.returncode == 0, proc.stderr
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["env"] == "CartPole-v1"
+    rows = read_metrics(run_dir)
+    assert len(rows) == 5 and all(1 <= r["return/ValueFocus_s0"] <= 500 for r in rows)
+    assert all(0.1 <= r["crystallization/ValueFocus_s0"] <= 2.0 for r in rows)
+    assert s["configs"]["ValueFocus"]["C_final"][0] == rows[-1]["crystallization/ValueFocus_s0"]
 
 
 @pytest.mark.parametrize("args, message", [
