@@ -45,8 +45,10 @@ Result:   (5 seeds, README) on CartPole every setting solves the task and gamma 
 """
 
 import json
+import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -168,11 +170,23 @@ def finalize_args(args: Args) -> Args:
     """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
     if args.env not in ENVS:
         raise ValueError(f"unknown --env {args.env!r}; choose one of {', '.join(ENVS)}")
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs"):
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
+                 "torch_threads"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0.0 <= args.rd_weight <= 1.0:
-        raise ValueError(f"--rd-weight (lambda) must lie in [0, 1], got {args.rd_weight}")
+    positive = ("learning_rate", "clip_coef", "max_grad_norm", "rd_dt")
+    non_negative = ("ent_coef", "vf_coef", "gamma", "rd_d_a", "rd_d_h", "rd_rho_a", "rd_rho_h", "rd_mu_a", "rd_mu_h",
+                    "rd_input_gain")
+    for name in positive + non_negative:
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+            kind = "a finite number > 0" if name in positive else "a finite number >= 0"
+            raise ValueError(f"--{name.replace('_', '-')} must be {kind}, got {value}")
+    for name in ("discount", "gae_lambda", "rd_weight"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    if args.target_kl is not None and not args.target_kl > 0:
+        raise ValueError(f"--target-kl must be > 0 (or None), got {args.target_kl}")
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:
         raise ValueError(
@@ -180,10 +194,13 @@ def finalize_args(args: Args) -> Args:
         )
     if args.total_timesteps < args.batch_size:
         raise ValueError(f"--total-timesteps {args.total_timesteps} is smaller than one batch ({args.batch_size})")
-    if args.rd_h_min <= 0 or args.rd_clamp <= args.rd_h_min:
-        raise ValueError("need 0 < --rd-h-min < --rd-clamp")
-    if args.torch_threads <= 0:
-        raise ValueError(f"--torch-threads must be positive, got {args.torch_threads}")
+    if not (0 < args.rd_h_min < args.rd_clamp) or not math.isfinite(args.rd_clamp):
+        raise ValueError("need 0 < --rd-h-min < --rd-clamp (finite)")
+    # rollout buffers: obs, rd_out, Gumbel noise, rewards, dones, values, log-probs, actions, advantages and
+    # returns, on the host and again on the device, float32; about x3 for the update's temporaries
+    per_step = 4 * (4 + 2 + 2 + 8) * 3
+    check_memory(args.batch_size * per_step, f"a rollout of {args.num_envs} envs x {args.num_steps} steps",
+                 pick_device(args.cuda))
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     args.blend_weight = args.rd_weight if args.rd else 0.0
@@ -476,22 +493,56 @@ def pick_device(cuda: bool) -> torch.device:
 
 
 # >>> copied: run-name
+def check_exp_name(exp_name: str) -> None:
+    """A run folder is always directly under runs/: no path separator, no '..', a length that fits."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or (os.altsep and os.altsep in exp_name) \
+            or os.sep in exp_name or "\0" in exp_name:
+        raise ValueError(f"--exp-name {exp_name!r} must be a plain name (no path separator, not '.' or '..')")
+    if len(exp_name.encode()) > 200:
+        raise ValueError(f"--exp-name is {len(exp_name.encode())} bytes long; at most 200 fit in a folder name")
+
+
 def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
-    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir).
+    A folder that cannot be created is a ValueError with the reason, raised before any work."""
+    check_exp_name(exp_name)
     base = f"{exp_name}__{seed}__{int(time.time())}"
-    for k in range(10_000):
-        run_name = base if k == 0 else f"{base}-{k}"
-        run_dir = os.path.join(root, run_name)
-        try:
-            os.makedirs(run_dir)
-            return run_name, run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder for {base}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for k in range(10_000):
+            run_name = base if k == 0 else f"{base}-{k}"
+            run_dir = os.path.join(root, run_name)
+            try:
+                os.mkdir(run_dir)
+                return run_name, run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise ValueError(f"cannot create a run folder under {os.path.abspath(root)!r}: {e.strerror or e}") from None
+    raise ValueError(f"could not create a fresh run folder for {base}")
 # <<< copied: run-name
 
 
 # >>> copied: wandb-init
+def check_wandb(track: bool) -> None:
+    """--track needs W&B credentials (WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline/disabled."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ValueError("--track=True needs W&B credentials: run `wandb login`, set WANDB_API_KEY, "
+                     "or set WANDB_MODE=offline")
+
+
 def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
     """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
     import wandb
@@ -505,43 +556,168 @@ def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
 
 
 # >>> copied: outputs
-def _to_builtin(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
+def to_json_safe(value):
+    """Builtins for json: numpy/torch scalars and arrays become numbers and lists, NaN/Inf become None
+    (metrics.jsonl and summary.json stay valid JSON); anything else unknown becomes its str."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_to_builtin)
+    """Write obj as strict JSON (no NaN) via a temporary file, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_json_safe(obj), f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
 
 
 class RunLog:
     """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
-    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+    x-axis first, flushed line by line), summary.json; with --track every row and the summary also go
+    to W&B. `last_x` and `rows` say how far the run got (for an interrupted run's summary)."""
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
-        self.run_dir, self.x_axis = run_dir, x_axis
+        self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
+        self.last_x, self.rows = None, 0
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
 
     def log(self, x: int, row: dict) -> None:
-        row = {self.x_axis: x, **row}
-        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        row = to_json_safe({self.x_axis: x, **row})
+        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        self.last_x, self.rows = x, self.rows + 1
         if self.wandb is not None:
             self.wandb.log(row)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            self.wandb.summary.update({k: v for k, v in to_json_safe(summary).items()
+                                       if not isinstance(v, (list, dict))})
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 # <<< copied: outputs
+
+
+# >>> copied: entry
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` swallows it); the run ends with status 'interrupted'."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def fail(script: str, message: str, code: int = 2):
+    """One line on stderr, no traceback, a non-zero exit."""
+    print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_memory(nbytes: float, what: str, device: torch.device) -> None:
+    """Refuse, before any work, buffers that cannot fit: nbytes is the script's estimate of its large
+    allocations on `device` (host RAM from /proc/meminfo, or the GPU's free memory)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            available = info.get("MemAvailable", info["MemTotal"])
+        except (OSError, KeyError, ValueError, IndexError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > 0.8 * available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than 80% of the "
+                         f"{available / 2**30:.3g} GiB available on {device.type}")
+
+
+def parse_args(script: str, args_cls, finalize):
+    """tyro arguments (bool flags as --flag=True/False), then the script's checks finalize(args) and the
+    run-folder and W&B checks; bad input (a ValueError) ends here with one line and exit status 2,
+    before any folder exists."""
+    args = tyro.cli(args_cls, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize(args)
+        check_exp_name(args.exp_name)
+        check_wandb(args.track)
+    except ValueError as e:
+        fail(script, str(e))
+    return args
+
+
+def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") -> int:
+    """Run train(args, log) -> summary dict inside runs/{run_name}/ and return the exit status: 0 for
+    status 'ok'; 1 for any other status train returns (a non-finite loss, say) and for an exception
+    (status 'failed', the traceback in traceback.txt); 130/143 for SIGINT/SIGTERM (status
+    'interrupted', no traceback). Every row logged stays in metrics.jsonl; summary.json is always
+    written, with the last x-axis value reached; a W&B run is finished with the exit status."""
+    import traceback
+
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    log, run_dir, message = None, None, None
+    try:
+        try:
+            run_name, run_dir = make_run_dir(args.exp_name, args.seed, root)
+        except ValueError as e:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            fail(script, str(e))
+        log = RunLog(args, run_name, run_dir, x_axis)
+        seed_everything(args.seed, args.torch_deterministic)
+        summary = train(args, log)
+        code = 0 if summary.get("status") == "ok" else 1
+        if code:
+            message = f"stopped: {summary.get('status')}"
+    except Interrupted as e:
+        code, message = 128 + e.signum, f"interrupted by {e}"
+        summary = {"status": "interrupted", "signal": str(e)}
+    except Exception as e:  # a failed run still gets its summary and status
+        if run_dir is None:
+            raise
+        code, message = 1, f"failed: {type(e).__name__}: {e}"
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(run_dir, "traceback.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    for s in handlers:                                   # a second signal cannot break the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if run_dir is not None:
+            summary = {**summary, f"last_{x_axis}": None if log is None else log.last_x,
+                       "rows_logged": 0 if log is None else log.rows}
+            if log is None:
+                write_json(os.path.join(run_dir, "summary.json"), summary)
+            else:
+                log.summary(summary)
+                log.close(exit_code=code)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if message is not None:
+        where = f"; rows so far are in {run_dir}/metrics.jsonl" if run_dir is not None else ""
+        tb = " (traceback in traceback.txt)" if summary.get("status") == "failed" else ""
+        print(f"{script}: {message}{where}{tb}", file=sys.stderr, flush=True)
+    return code
+# <<< copied: entry
 
 
 def plot_learning_curve(ep_steps: np.ndarray, ep_returns: np.ndarray, title: str, path: str) -> None:
@@ -586,17 +762,48 @@ def evaluate(agent: Agent, args: Args, device: torch.device, episodes: int, seed
     return returns
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
-    try:
-        finalize_args(args)
-    except ValueError as e:
-        sys.exit(f"rd_ppo.py: error: {e}")
+# ==================================================================================================
+# Stages
+# ==================================================================================================
+def anneal(iteration: int, args: Args) -> float:
+    """Learning rate of update `iteration` (1-based): linear from learning_rate to 0 with --anneal-lr."""
+    if not args.anneal_lr:
+        return args.learning_rate
+    return args.learning_rate * (1.0 - (iteration - 1.0) / args.num_iterations)
+
+
+def ppo_update(agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, device: torch.device):
+    """update_epochs passes of minibatch PPO over one rollout; the epochs stop early once the last
+    minibatch's approx_kl exceeds --target-kl. Returns (stats [n_minibatches, 6] tensor of loss,
+    policy loss, value loss, entropy, approx_kl, clipfrac; the first minibatch's max |ratio - 1|)."""
+    stats, first_ratio_dev = [], None
+    for epoch in range(args.update_epochs):
+        perm = torch.randperm(args.batch_size, device=device)
+        for start in range(0, args.batch_size, args.minibatch_size):
+            mb = perm[start:start + args.minibatch_size]
+            logits, new_value = agent(batch["obs"][mb], batch["rd"][mb], args.blend_weight)
+            loss, pg_loss, v_loss, entropy, approx_kl, clipfrac, ratio = ppo_loss(
+                logits, new_value, batch["actions"][mb], batch["logprobs"][mb], batch["values"][mb],
+                batch["advantages"][mb], batch["returns"][mb], args.clip_coef, args.clip_vloss, args.ent_coef,
+                args.vf_coef, args.norm_adv)
+            if first_ratio_dev is None:                        # before any gradient step: must be 0
+                first_ratio_dev = (ratio.detach() - 1.0).abs().max()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            stats.append(torch.stack([loss.detach(), pg_loss.detach(), v_loss.detach(), entropy.detach(),
+                                      approx_kl, clipfrac]))
+        if args.target_kl is not None and approx_kl.item() > args.target_kl:
+            break
+    return torch.stack(stats), first_ratio_dev
+
+
+def train(args: Args, log: RunLog) -> dict:
+    """PPO on args.env for args.total_timesteps steps; logs every episode and every update to `log`,
+    writes the learning curve (and the model with --save-model) into log.run_dir; returns the summary."""
     torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
     device = pick_device(args.cuda)
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    log = RunLog(args, run_name, run_dir, x_axis="global_step")
 
     # ---- env, agent, RD module ----
     envs = make_envs(args.env, args.num_envs)
@@ -620,8 +827,7 @@ if __name__ == "__main__":
     print_every = max(1, args.num_iterations // 20)
 
     for iteration in range(1, args.num_iterations + 1):
-        if args.anneal_lr:
-            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - (iteration - 1.0) / args.num_iterations)
+        optimizer.param_groups[0]["lr"] = anneal(iteration, args)
 
         # ---- rollout ----
         actions, logps, values = [], [], []
@@ -661,37 +867,18 @@ if __name__ == "__main__":
             rewards = torch.from_numpy(rew_buf).to(device)
             dones = torch.from_numpy(done_buf).to(device)
             advantages, returns = gae(rewards, val_buf, dones, next_value, args.discount, args.gae_lambda)
-
-        b_obs = torch.from_numpy(obs_buf).to(device).reshape(-1, obs_dim)
-        b_rd = torch.from_numpy(rd_buf).to(device).reshape(-1, n_actions)
-        b_act, b_logp, b_val = torch.cat(actions), torch.cat(logps), val_buf.reshape(-1)
-        b_adv, b_ret = advantages.reshape(-1), returns.reshape(-1)
+        batch = {"obs": torch.from_numpy(obs_buf).to(device).reshape(-1, obs_dim),
+                 "rd": torch.from_numpy(rd_buf).to(device).reshape(-1, n_actions),
+                 "actions": torch.cat(actions), "logprobs": torch.cat(logps), "values": val_buf.reshape(-1),
+                 "advantages": advantages.reshape(-1), "returns": returns.reshape(-1)}
 
         # ---- PPO update ----
-        stats, first_ratio_dev = [], None
-        for epoch in range(args.update_epochs):
-            perm = torch.randperm(args.batch_size, device=device)
-            for start in range(0, args.batch_size, args.minibatch_size):
-                mb = perm[start:start + args.minibatch_size]
-                logits, new_value = agent(b_obs[mb], b_rd[mb], args.blend_weight)
-                loss, pg_loss, v_loss, entropy, approx_kl, clipfrac, ratio = ppo_loss(
-                    logits, new_value, b_act[mb], b_logp[mb], b_val[mb], b_adv[mb], b_ret[mb], args.clip_coef,
-                    args.clip_vloss, args.ent_coef, args.vf_coef, args.norm_adv)
-                if first_ratio_dev is None:                        # before any gradient step: must be 0
-                    first_ratio_dev = (ratio.detach() - 1.0).abs().max()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                optimizer.step()
-                stats.append(torch.stack([loss.detach(), pg_loss.detach(), v_loss.detach(), entropy.detach(),
-                                          approx_kl, clipfrac]))
-            if args.target_kl is not None and approx_kl.item() > args.target_kl:
-                break
+        s, first_ratio_dev = ppo_update(agent, optimizer, batch, args, device)
 
         # ---- per-iteration logging (one host sync) ----
+        b_ret, b_val = batch["returns"], batch["values"]
         var_y = b_ret.var()
         explained_var = torch.where(var_y == 0, torch.nan, 1 - (b_ret - b_val).var() / var_y)
-        s = torch.stack(stats)
         last_kl = s[-1, 4]
         vals = torch.cat([s.mean(0), last_kl.view(1), explained_var.view(1), first_ratio_dev.view(1)]).tolist()
         loss_m, pg_m, v_m, ent_m, _, clipfrac_m, kl_m, ev, ratio_dev = vals
@@ -700,7 +887,7 @@ if __name__ == "__main__":
             "charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps,
             "losses/loss": loss_m, "losses/policy_loss": pg_m, "losses/value_loss": v_m, "losses/entropy": ent_m,
             "losses/approx_kl": kl_m, "losses/clipfrac": clipfrac_m, "losses/explained_variance": ev,
-            "debug/first_ratio_max_dev": ratio_dev,
+            "debug/first_ratio_max_dev": ratio_dev, "debug/update_minibatches": int(s.shape[0]),
         }
         if rd is not None:
             mean_a, mean_h, clip_frac = rd.diagnostics()
@@ -727,18 +914,26 @@ if __name__ == "__main__":
         "time_to_475_s": None if curve["threshold_episode"] is None else ep_times[curve["threshold_episode"]],
     }
     if args.save_model and status == "ok":
-        model_path = os.path.join(run_dir, f"{args.exp_name}.model")
-        torch.save({"agent": agent.state_dict(), "args": vars(args)}, model_path)
-        eval_agent = Agent(obs_dim, n_actions).to(device)
-        eval_agent.load_state_dict(torch.load(model_path, map_location=device)["agent"])
-        eval_returns = evaluate(eval_agent, args, device, args.eval_episodes, seed=args.seed + 10_000)
-        summary.update({"eval_greedy_return_mean": float(np.mean(eval_returns)), "eval_greedy_returns": eval_returns})
-        print(f"saved {model_path}; greedy return over {args.eval_episodes} episodes: {np.mean(eval_returns):.1f}")
-    log.summary(summary)
-    plot_learning_curve(ep_steps_a, ep_returns_a, f"{run_name} ({args.env}, gamma={args.gamma}, "
-                        f"lambda={args.blend_weight})", os.path.join(run_dir, "learning_curve.png"))
-    log.close()
-    print(f"{run_name}: final return(20) {curve['final_return']}, steps to 475 {curve['steps_to_threshold']}, "
-          f"AUC {curve['auc']:.1f}, {summary['SPS']:.0f} SPS, {wall_time:.1f} s -> {run_dir}")
-    if status != "ok":
-        sys.exit(f"rd_ppo.py: stopped: {status}; metrics so far are in {run_dir}/metrics.jsonl")
+        summary.update(save_and_evaluate(agent, args, device, log.run_dir, obs_dim, n_actions))
+    plot_learning_curve(ep_steps_a, ep_returns_a, f"{log.run_name} ({args.env}, gamma={args.gamma}, "
+                        f"lambda={args.blend_weight})", os.path.join(log.run_dir, "learning_curve.png"))
+    print(f"{log.run_name}: final return(20) {curve['final_return']}, steps to 475 {curve['steps_to_threshold']}, "
+          f"AUC {curve['auc']:.1f}, {summary['SPS']:.0f} SPS, {wall_time:.1f} s -> {log.run_dir}")
+    return summary
+
+
+def save_and_evaluate(agent: Agent, args: Args, device: torch.device, run_dir: str, obs_dim: int,
+                      n_actions: int) -> dict:
+    """Save the agent to run_dir/{exp_name}.model, reload it and evaluate it greedily."""
+    model_path = os.path.join(run_dir, f"{args.exp_name}.model")
+    torch.save({"agent": agent.state_dict(), "args": vars(args)}, model_path)
+    eval_agent = Agent(obs_dim, n_actions).to(device)
+    eval_agent.load_state_dict(torch.load(model_path, map_location=device)["agent"])
+    eval_returns = evaluate(eval_agent, args, device, args.eval_episodes, seed=args.seed + 10_000)
+    print(f"saved {model_path}; greedy return over {args.eval_episodes} episodes: {np.mean(eval_returns):.1f}")
+    return {"eval_greedy_return_mean": float(np.mean(eval_returns)), "eval_greedy_returns": eval_returns}
+
+
+if __name__ == "__main__":
+    args = parse_args("rd_ppo.py", Args, finalize_args)
+    sys.exit(run_experiment("rd_ppo.py", args, train, x_axis="global_step"))

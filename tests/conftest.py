@@ -49,3 +49,45 @@ def run(tmp_path):
         return proc, run_dir
 
     return _run
+
+
+# ------------------------------------------------------------------------------------------------
+# In-process helpers: the scripts' parse_args / run_experiment / train, without a subprocess
+# ------------------------------------------------------------------------------------------------
+def parse_in_process(module, script: str, *argv: str):
+    """module.parse_args(script, module.Args, module.finalize_args) with sys.argv = [script, *argv]."""
+    saved = sys.argv
+    sys.argv = [script, *argv]
+    try:
+        return module.parse_args(script, module.Args, module.finalize_args)
+    finally:
+        sys.argv = saved
+
+
+def assert_bad_input(module, script: str, argv, message: str, capsys, tmp_path, monkeypatch) -> str:
+    """parse_args refuses argv with exit status 2 and one stderr line containing message; no run folder.
+    tyro's own parse box (type errors, unknown flags, bad choices) counts when message is None."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        parse_in_process(module, script, *argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2, (e.value.code, err)
+    assert "Traceback" not in err and not (tmp_path / "runs").exists(), err
+    if message is not None:
+        assert err.startswith(f"{script}: error: ") and len(err.strip().splitlines()) == 1, err
+        assert message in err, err
+    return err
+
+
+def run_in_process(module, script: str, x_axis: str, tmp_path: Path, *argv: str):
+    """Parse argv and run module.train through module.run_experiment with cwd = tmp_path;
+    returns (exit status, run folder)."""
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        args = parse_in_process(module, script, *argv)
+        code = module.run_experiment(script, args, module.train, x_axis, root=str(tmp_path / "runs"))
+    finally:
+        os.chdir(cwd)
+    return code, only_run_dir(tmp_path)

@@ -1,4 +1,4 @@
-"""Blocks copied on purpose between scripts (seeding, device, run name, W&B init, outputs) must stay
+"""Blocks copied on purpose between scripts (seeding, device, run name, W&B init, outputs, entry) must stay
 byte-identical. A script marks each with '# >>> copied: NAME' ... '# <<< copied: NAME'."""
 
 import re
@@ -6,7 +6,7 @@ import re
 import pytest
 from conftest import REPO
 
-REQUIRED = ("seeding", "device", "run-name", "wandb-init", "outputs")
+REQUIRED = ("seeding", "device", "run-name", "wandb-init", "outputs", "entry")
 SCRIPTS = sorted(p for p in REPO.glob("*.py"))
 MARK = re.compile(r"^# (>>>|<<<) copied: ([\w-]+)\s*$")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, read_json, read_metrics
+from conftest import REPO, assert_bad_input, read_json, read_metrics, run_in_process
 
 import rd_ppo as R
 
@@ -311,22 +311,60 @@ def test_track_offline_writes_a_wandb_run(run):
 @pytest.mark.parametrize("args, message", [
     (("--env", "pong"), "unknown --env 'pong'"),
     (("--total-timesteps", "0"), "--total-timesteps must be positive"),
+    (("--num-envs", "0"), "--num-envs must be positive"),
+    (("--num-steps", "-1"), "--num-steps must be positive"),
+    (("--update-epochs", "0"), "--update-epochs must be positive"),
+    (("--eval-episodes", "0"), "--eval-episodes must be positive"),
+    (("--torch-threads", "0"), "--torch-threads must be positive"),
     (("--num-envs", "3", "--num-steps", "5", "--num-minibatches", "4"), "does not divide"),
+    (("--total-timesteps", "100"), "smaller than one batch"),
     (("--rd-weight", "1.5"), "must lie in [0, 1]"),
     (("--rd-weight", "-0.1"), "must lie in [0, 1]"),
+    (("--discount", "1.01"), "--discount must lie in [0, 1]"),
+    (("--gae-lambda", "-0.5"), "--gae-lambda must lie in [0, 1]"),
+    (("--learning-rate", "-1"), "--learning-rate must be a finite number > 0"),
+    (("--learning-rate", "0"), "--learning-rate must be a finite number > 0"),
+    (("--clip-coef", "0"), "--clip-coef must be a finite number > 0"),
+    (("--ent-coef", "inf"), "--ent-coef must be a finite number >= 0"),
+    (("--gamma", "-0.1"), "--gamma must be a finite number >= 0"),
+    (("--rd-dt", "nan"), "--rd-dt must be a finite number > 0"),
+    (("--target-kl", "0"), "--target-kl must be > 0"),
+    (("--rd-h-min", "0"), "need 0 < --rd-h-min < --rd-clamp"),
+    (("--num-envs", "1", "--num-steps", "1000000000", "--total-timesteps", "1000000000"), "GiB"),
+    (("--num-envs", "abc"), None),                                   # tyro's parse box
+    (("--no-such-flag", "1"), None),
 ])
-def test_bad_input_fails_fast_with_one_line(run, args, message):
-    proc, run_dir = run(SCRIPT, *args)
-    assert proc.returncode != 0 and run_dir is None
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_bad_input_fails_fast_with_one_line(args, message, capsys, tmp_path, monkeypatch):
+    assert_bad_input(R, SCRIPT, args, message, capsys, tmp_path, monkeypatch)
 
 
-def test_non_finite_loss_stops_and_keeps_the_log(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--ent-coef", "inf")
-    assert proc.returncode != 0 and "non-finite loss" in proc.stderr
-    rows = read_metrics(run_dir)
+def test_bad_input_in_a_subprocess_leaves_no_folder(run):
+    proc, run_dir = run(SCRIPT, "--learning-rate", "-1")
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "rd_ppo.py: error: --learning-rate must be a finite number > 0, got -1.0"
+
+
+def test_non_finite_loss_stops_and_keeps_the_log(tmp_path, monkeypatch, capsys):
+    real_ppo_loss = R.ppo_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):                   # finite for the first update, NaN from the second on
+        out = list(real_ppo_loss(*a, **kw))
+        calls["n"] += 1
+        if calls["n"] > 4 * 4:
+            out[0] = out[0] * float("nan")
+        return tuple(out)
+
+    monkeypatch.setattr(R, "ppo_loss", poisoned)
+    code, run_dir = run_in_process(R, SCRIPT, "global_step", tmp_path, *TINY)
+    assert code == 1 and "non-finite loss" in capsys.readouterr().err
+    rows = read_metrics(run_dir)                                        # strict JSON: NaN became null
+    iters = [r for r in rows if "losses/loss" in r]
+    assert len(iters) == 2 and iters[0]["losses/loss"] is not None and iters[1]["losses/loss"] is None
     assert any("charts/episodic_return" in r for r in rows)
-    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"].startswith("non-finite") and summary["rows_logged"] == len(rows)
+    assert summary["last_global_step"] == 2 * 256
 
 
 def test_short_cartpole_run_learns(run):
