@@ -54,8 +54,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -176,24 +178,67 @@ def finalize_args(args: Args) -> Args:
         raise ValueError(f"--configs lists a configuration twice: {list(args.configs)}")
     if args.uncertainty not in UNCERTAINTY:
         raise ValueError(f"unknown --uncertainty {args.uncertainty!r}; choose one of {', '.join(UNCERTAINTY)}")
-    if args.env == "corridor":
-        if args.env_size < 2:
-            raise ValueError(f"--env-size must be >= 2 (start != goal), got {args.env_size}")
-    else:
-        check_gym_env(args.env)
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
     for name in ("hidden_dim", "num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "grad_steps",
-                 "target_every", "c_window", "table_size", "bootstrap", "torch_threads", "max_grad_norm"):
+                 "target_every", "c_window", "table_size", "bootstrap", "torch_threads"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("learning_rate", "max_grad_norm", "beta0"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
+    for name in ("discount", "eps_start", "eps_end", "eps_decay"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    if args.eps_end > args.eps_start:
+        raise ValueError(f"--eps-end {args.eps_end} is above --eps-start {args.eps_start}; epsilon only decays")
+    if not 0 <= args.u_ema < 1:
+        raise ValueError(f"--u-ema must lie in [0, 1), got {args.u_ema}")
+    if not (0 < args.c_min <= args.c0 <= args.c_max and math.isfinite(args.c_max)):
+        raise ValueError(f"need 0 < --c-min <= --c0 <= --c-max (finite), got {args.c_min}, {args.c0}, {args.c_max}")
+    if not math.isfinite(args.success_return):
+        raise ValueError(f"--success-return must be a finite number, got {args.success_return}")
+    # windows and periods must fit in the run
+    if args.c_window >= args.episodes:
+        raise ValueError(f"--c-window {args.c_window} does not fit in --episodes {args.episodes}: C is first "
+                         f"updated at episode c_window, so the window must be shorter than the run")
+    if args.target_every > args.episodes:
+        raise ValueError(f"--target-every {args.target_every} is longer than the run (--episodes {args.episodes})")
     if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
         raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
                          f"{args.buffer_size}")
-    if not 0 < args.c_min <= args.c0 <= args.c_max:
-        raise ValueError(f"need 0 < --c-min <= --c0 <= --c-max, got {args.c_min}, {args.c0}, {args.c_max}")
-    if not 0 <= args.u_ema < 1:
-        raise ValueError(f"--u-ema must lie in [0, 1), got {args.u_ema}")
+    if args.env == "corridor":
+        if args.env_size < 2:
+            raise ValueError(f"--env-size must be >= 2 (start != goal), got {args.env_size}")
+        if args.max_steps < args.env_size - 1:
+            raise ValueError(f"--max-steps {args.max_steps} cannot reach the goal of a corridor of --env-size "
+                             f"{args.env_size} (needs at least {args.env_size - 1} steps)")
+        obs_dim, n_actions, n_keys = Corridor.obs_dim, Corridor.n_actions, args.env_size
+    else:
+        check_gym_env(args.env)
+        env = gym.make(args.env)
+        obs_dim, n_actions, n_keys = int(np.prod(env.observation_space.shape)), int(env.action_space.n), \
+            args.table_size
+        env.close()
     args.num_members = len(args.configs) * args.num_seeds
+    check_memory(estimate_bytes(args, obs_dim, n_actions, n_keys),
+                 f"{args.num_members} members (replay {args.buffer_size}, width {args.hidden_dim}, "
+                 f"{args.episodes} episodes)", pick_device(args.cuda))
     return args
+
+
+def estimate_bytes(args: Args, obs_dim: int, n_actions: int, n_keys: int) -> int:
+    """The large allocations, all [M, ...] on one device: replay buffers, per-episode histories, the
+    V/U tables, theta with its target, Adam moments and gradient, and one gradient step's activations."""
+    f, long = torch.finfo(torch.get_default_dtype()).bits // 8, 8
+    H, A, B = args.hidden_dim, n_actions, args.batch_size
+    P = obs_dim * H + H + H * H + H + H * A + A
+    rows = n_keys if args.env == "corridor" else B                # forward rows per member and step
+    per_member = (args.buffer_size * (2 * obs_dim * f + 2 * f + 3 * long)          # replay
+                  + args.episodes * (3 * f + 1) + n_keys * (3 * f + 1)            # histories, V/U tables
+                  + 8 * P * f                                                     # theta, target, Adam, grad
+                  + 2 * rows * (4 * H + 2 * A) * f + B * 8 * long)                # activations, minibatch
+    return args.num_members * per_member
 
 
 # ==================================================================================================
@@ -585,22 +630,56 @@ def pick_device(cuda: bool) -> torch.device:
 
 
 # >>> copied: run-name
+def check_exp_name(exp_name: str) -> None:
+    """A run folder is always directly under runs/: no path separator, no '..', a length that fits."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or (os.altsep and os.altsep in exp_name) \
+            or os.sep in exp_name or "\0" in exp_name:
+        raise ValueError(f"--exp-name {exp_name!r} must be a plain name (no path separator, not '.' or '..')")
+    if len(exp_name.encode()) > 200:
+        raise ValueError(f"--exp-name is {len(exp_name.encode())} bytes long; at most 200 fit in a folder name")
+
+
 def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
-    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir).
+    A folder that cannot be created is a ValueError with the reason, raised before any work."""
+    check_exp_name(exp_name)
     base = f"{exp_name}__{seed}__{int(time.time())}"
-    for k in range(10_000):
-        run_name = base if k == 0 else f"{base}-{k}"
-        run_dir = os.path.join(root, run_name)
-        try:
-            os.makedirs(run_dir)
-            return run_name, run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder for {base}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for k in range(10_000):
+            run_name = base if k == 0 else f"{base}-{k}"
+            run_dir = os.path.join(root, run_name)
+            try:
+                os.mkdir(run_dir)
+                return run_name, run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise ValueError(f"cannot create a run folder under {os.path.abspath(root)!r}: {e.strerror or e}") from None
+    raise ValueError(f"could not create a fresh run folder for {base}")
 # <<< copied: run-name
 
 
 # >>> copied: wandb-init
+def check_wandb(track: bool) -> None:
+    """--track needs W&B credentials (WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline/disabled."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ValueError("--track=True needs W&B credentials: run `wandb login`, set WANDB_API_KEY, "
+                     "or set WANDB_MODE=offline")
+
+
 def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
     """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
     import wandb
@@ -614,43 +693,168 @@ def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
 
 
 # >>> copied: outputs
-def _to_builtin(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
+def to_json_safe(value):
+    """Builtins for json: numpy/torch scalars and arrays become numbers and lists, NaN/Inf become None
+    (metrics.jsonl and summary.json stay valid JSON); anything else unknown becomes its str."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_to_builtin)
+    """Write obj as strict JSON (no NaN) via a temporary file, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_json_safe(obj), f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
 
 
 class RunLog:
     """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
-    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+    x-axis first, flushed line by line), summary.json; with --track every row and the summary also go
+    to W&B. `last_x` and `rows` say how far the run got (for an interrupted run's summary)."""
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
-        self.run_dir, self.x_axis = run_dir, x_axis
+        self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
+        self.last_x, self.rows = None, 0
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
 
     def log(self, x: int, row: dict) -> None:
-        row = {self.x_axis: x, **row}
-        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        row = to_json_safe({self.x_axis: x, **row})
+        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        self.last_x, self.rows = x, self.rows + 1
         if self.wandb is not None:
             self.wandb.log(row)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            self.wandb.summary.update({k: v for k, v in to_json_safe(summary).items()
+                                       if not isinstance(v, (list, dict))})
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 # <<< copied: outputs
+
+
+# >>> copied: entry
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` swallows it); the run ends with status 'interrupted'."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def fail(script: str, message: str, code: int = 2):
+    """One line on stderr, no traceback, a non-zero exit."""
+    print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_memory(nbytes: float, what: str, device: torch.device) -> None:
+    """Refuse, before any work, buffers that cannot fit: nbytes is the script's estimate of its large
+    allocations on `device` (host RAM from /proc/meminfo, or the GPU's free memory)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            available = info.get("MemAvailable", info["MemTotal"])
+        except (OSError, KeyError, ValueError, IndexError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > 0.8 * available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than 80% of the "
+                         f"{available / 2**30:.3g} GiB available on {device.type}")
+
+
+def parse_args(script: str, args_cls, finalize):
+    """tyro arguments (bool flags as --flag=True/False), then the script's checks finalize(args) and the
+    run-folder and W&B checks; bad input (a ValueError) ends here with one line and exit status 2,
+    before any folder exists."""
+    args = tyro.cli(args_cls, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize(args)
+        check_exp_name(args.exp_name)
+        check_wandb(args.track)
+    except ValueError as e:
+        fail(script, str(e))
+    return args
+
+
+def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") -> int:
+    """Run train(args, log) -> summary dict inside runs/{run_name}/ and return the exit status: 0 for
+    status 'ok'; 1 for any other status train returns (a non-finite loss, say) and for an exception
+    (status 'failed', the traceback in traceback.txt); 130/143 for SIGINT/SIGTERM (status
+    'interrupted', no traceback). Every row logged stays in metrics.jsonl; summary.json is always
+    written, with the last x-axis value reached; a W&B run is finished with the exit status."""
+    import traceback
+
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    log, run_dir, message = None, None, None
+    try:
+        try:
+            run_name, run_dir = make_run_dir(args.exp_name, args.seed, root)
+        except ValueError as e:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            fail(script, str(e))
+        log = RunLog(args, run_name, run_dir, x_axis)
+        seed_everything(args.seed, args.torch_deterministic)
+        summary = train(args, log)
+        code = 0 if summary.get("status") == "ok" else 1
+        if code:
+            message = f"stopped: {summary.get('status')}"
+    except Interrupted as e:
+        code, message = 128 + e.signum, f"interrupted by {e}"
+        summary = {"status": "interrupted", "signal": str(e)}
+    except Exception as e:  # a failed run still gets its summary and status
+        if run_dir is None:
+            raise
+        code, message = 1, f"failed: {type(e).__name__}: {e}"
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(run_dir, "traceback.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    for s in handlers:                                   # a second signal cannot break the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if run_dir is not None:
+            summary = {**summary, f"last_{x_axis}": None if log is None else log.last_x,
+                       "rows_logged": 0 if log is None else log.rows}
+            if log is None:
+                write_json(os.path.join(run_dir, "summary.json"), summary)
+            else:
+                log.summary(summary)
+                log.close(exit_code=code)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if message is not None:
+        where = f"; rows so far are in {run_dir}/metrics.jsonl" if run_dir is not None else ""
+        tb = " (traceback in traceback.txt)" if summary.get("status") == "failed" else ""
+        print(f"{script}: {message}{where}{tb}", file=sys.stderr, flush=True)
+    return code
+# <<< copied: entry
 
 
 # ==================================================================================================
@@ -683,7 +887,10 @@ def plot_analysis(names, returns, beta_mean, member_cfg, path) -> None:
         line, = a1.plot(ma.mean(0), lw=1.5, label=name)
         a1.fill_between(np.arange(ma.shape[1]), ma.min(0), ma.max(0), color=line.get_color(), alpha=0.12)
         if name != "Baseline":
-            a2.plot(np.nanmean(beta_mean[member_cfg == c], 0), lw=1, color=line.get_color(), label=name)
+            with warnings.catch_warnings():                 # episodes a stopped run never reached are all NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean_beta = np.nanmean(beta_mean[member_cfg == c], 0)
+            a2.plot(mean_beta, lw=1, color=line.get_color(), label=name)
     a1.set(ylabel="return (10-episode MA)", title="performance under selective pressure (mean over seeds)")
     a1.legend(fontsize=8)
     a2.set(xlabel="episode", ylabel="mean beta(s,t) of the episode's samples", title="selective pressure")
@@ -710,161 +917,217 @@ def plot_crystallization(names, c_hist, member_cfg, path) -> None:
 
 
 # ==================================================================================================
-# Main
+# Training: every (configuration, seed) member in lockstep, one tick = one env step of every member
 # ==================================================================================================
-if __name__ == "__main__":
-    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
-    try:
-        finalize_args(args)
-    except ValueError as e:
-        sys.exit(f"control_parameter.py: error: {e}")
+@dataclass
+class Members:
+    """Member m trains configuration names[cfg[m]] with seed index m % num_seeds."""
+
+    names: list[str]
+    cfg: np.ndarray                  # [M] configuration index
+    labels: list[str]                # "{configuration}_s{seed index}"
+    weighted: torch.Tensor           # [M] bool: beta weights the loss (False: Baseline)
+    alpha: torch.Tensor              # [M]
+    gamma_u: torch.Tensor            # [M]
+    kappa: torch.Tensor              # [M]
+
+
+def make_members(args: Args, device: torch.device) -> Members:
+    names = list(args.configs)
+    member_cfg = np.repeat(np.arange(len(names)), args.num_seeds)
+    labels = [f"{names[c]}_s{i % args.num_seeds}" for i, c in enumerate(member_cfg)]
+    coef = torch.tensor([CONFIGS[names[c]] for c in member_cfg], device=device, dtype=torch.get_default_dtype())
+    return Members(names, member_cfg, labels, coef[:, 0] > 0, coef[:, 1], coef[:, 2], coef[:, 3])
+
+
+def make_env(args: Args, M: int, device: torch.device):
+    if args.env == "corridor":
+        return Corridor(torch.full((M,), args.env_size, device=device), args.max_steps)
+    return GymBatch(args.env, M, args.max_steps, args.seed, device)
+
+
+def state_keys(env, args: Args) -> torch.Tensor:
+    """State id of every member's current state: its corridor cell, or its hashed gymnasium observation."""
+    return env.keys() if isinstance(env, Corridor) else env.keys(args.table_size)
+
+
+def store(buf: ReplayBuffers, env, args: Args, obs, action, reward, next_obs, term, trunc, key) -> None:
+    """Add one transition per member; a time-out is terminal unless --bootstrap-truncation True."""
+    next_key = env.next_keys if isinstance(env, Corridor) else state_keys(env, args)
+    buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc, key, next_key)
+
+
+def prefill(env, buf: ReplayBuffers, args: Args, gen: torch.Generator, device: torch.device) -> None:
+    """--prefill transitions per member (corridor: random with p 0.5, else right, as the original;
+    gymnasium: uniform)."""
+    M = buf.obs.shape[0]
+    obs = env.reset()
+    for _ in range(args.prefill):
+        if isinstance(env, Corridor):
+            coin = torch.rand(M, generator=gen, device=device) < 0.5
+            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
+        else:
+            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
+        key = state_keys(env, args)
+        next_obs, reward, term, trunc, after = env.step(action)
+        store(buf, env, args, obs, action, reward, next_obs, term, trunc, key)
+        obs = after
+
+
+class PressureWeights:
+    """The weight_fn of td_loss_and_grad for one minibatch: beta per sample from the same forward
+    pass as the loss (Q before this step). Calling it reads and updates U(s) of the minibatch's
+    states and leaves the betas in .beta (the Baseline logs its beta but is weighted by 1)."""
+
+    def __init__(self, args: Args, members: Members, tables: PressureTables, key: torch.Tensor,
+                 crystal: torch.Tensor, active: torch.Tensor):
+        self.args, self.members, self.tables, self.key = args, members, tables, key
+        self.crystal, self.active = crystal, active
+        self.v = tables.value(key)                                          # V(s_i) [M, B]
+        self.beta = None
+
+    def __call__(self, q_rows: torch.Tensor) -> torch.Tensor:
+        a, m = self.args, self.members
+        u_new = q_rows.var(-1) if a.uncertainty == "variance" else torch.ones_like(self.v)
+        u = uncertainty_read_and_update(self.tables, self.key, u_new, a.u_ema, self.active)
+        self.beta = selective_pressure(a.beta0, m.alpha, m.gamma_u, self.crystal, self.v, u)
+        return torch.where(m.weighted.unsqueeze(1), self.beta, 1.0)
+
+
+class EpisodeBook:
+    """Per-member episode bookkeeping: epsilon, C(t) and the running mean it compares against, the
+    current episode's return, success and beta sums, and the histories [M, E] (NaN until an episode ends)."""
+
+    def __init__(self, args: Args, M: int, device: torch.device):
+        E = args.episodes
+        self.eps = torch.full((M,), args.eps_start, device=device)
+        self.crystal = torch.full((M,), args.c0, device=device)
+        self.prev_mean, self.has_prev = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
+        self.ep_count = torch.zeros(M, dtype=torch.long, device=device)
+        self.ep_ret, self.ep_success = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
+        self.b_sum, self.b_cnt = torch.zeros(M, device=device), torch.zeros(M, device=device)
+        self.recent = torch.zeros(M, args.c_window, device=device)              # ring of the last returns
+        self.returns = torch.full((M, E), float("nan"), device=device)
+        self.c_hist, self.beta_hist = self.returns.clone(), self.returns.clone()
+        self.success = torch.zeros(M, E, dtype=torch.bool, device=device)
+        self.ids = torch.arange(M, device=device)
+
+    def add_beta(self, beta: torch.Tensor, active: torch.Tensor) -> None:
+        """One minibatch's betas into the episode's mean beta (inactive members add nothing)."""
+        self.b_sum.add_(beta.mean(1) * active)
+        self.b_cnt.add_(active)
+
+    def end_step(self, reward, term, trunc, fin, kappa: torch.Tensor, args: Args, corridor: bool) -> None:
+        """After one env step: accumulate, and for the members whose episode ended (fin) record it,
+        decay epsilon and update C (the original's order: eps decay, then C)."""
+        E, W = args.episodes, args.c_window
+        ended = term | trunc
+        self.ep_ret += reward
+        self.ep_success |= (term if corridor else torch.zeros_like(term))
+        e = self.ep_count.clamp(max=E - 1)
+        slot = self.ids * E + e
+        for hist, value in ((self.returns, self.ep_ret), (self.beta_hist, self.b_sum / self.b_cnt.clamp(min=1))):
+            flat = hist.view(-1)
+            flat[slot] = torch.where(fin, value, flat[slot])
+        if not corridor:
+            self.ep_success = self.ep_ret >= args.success_return
+        self.success.view(-1)[slot] = torch.where(fin, self.ep_success, self.success.view(-1)[slot])
+        self.eps = torch.where(fin, (self.eps * args.eps_decay).clamp(min=args.eps_end), self.eps)
+        # C: from episode c_window on, the mean of the last c_window returns (episodes e-9..e)
+        ring = self.recent.view(-1)
+        ring[self.ids * W + e % W] = torch.where(fin, self.ep_ret, ring[self.ids * W + e % W])
+        upd = fin & (self.ep_count >= W)
+        new_c, _ = crystallization_update(self.crystal, self.prev_mean, self.has_prev, self.recent.mean(1), kappa,
+                                          args.c_min, args.c_max)
+        self.crystal = torch.where(upd, new_c, self.crystal)
+        self.prev_mean = torch.where(upd, self.recent.mean(1), self.prev_mean)
+        self.has_prev |= upd
+        flat = self.c_hist.view(-1)
+        flat[slot] = torch.where(fin, self.crystal, flat[slot])
+        self.ep_count += fin.long()
+        for acc in (self.ep_ret, self.b_sum, self.b_cnt):
+            acc.masked_fill_(ended, 0.0)
+        self.ep_success &= ~ended
+
+
+def log_episodes(log: RunLog, members: Members, book: EpisodeBook, start: int, stop: int) -> int:
+    """metrics.jsonl rows for episodes start..stop-1, which every member has finished; returns stop."""
+    r, c, b = (x[:, start:stop].cpu().numpy() for x in (book.returns, book.c_hist, book.beta_hist))
+    for k, e in enumerate(range(start, stop)):
+        row = {}
+        for ci, name in enumerate(members.names):
+            sel = members.cfg == ci
+            row[f"return_mean/{name}"] = float(r[sel, k].mean())
+            row[f"crystallization_mean/{name}"] = float(c[sel, k].mean())
+        for m, nm in enumerate(members.labels):
+            row[f"return/{nm}"], row[f"crystallization/{nm}"] = float(r[m, k]), float(c[m, k])
+            row[f"beta_mean/{nm}"] = float(b[m, k])
+        log.log(e, row)
+    return stop
+
+
+def train(args: Args, log: RunLog) -> dict:
+    """Train every member in lockstep, log each episode every member has finished, then analyse and
+    plot into log.run_dir; returns the summary ("status" "ok" or the non-finite tick)."""
     torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
     device = pick_device(args.cuda)
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    log = RunLog(args, run_name, run_dir, x_axis="episode")
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
-    # ---- members: every (configuration, seed) ----
-    names = list(args.configs)
+    # ---- members, envs, networks, replay, pressure tables ----
+    members = make_members(args, device)
     M, E = args.num_members, args.episodes
-    member_cfg = np.repeat(np.arange(len(names)), args.num_seeds)
-    member_names = [f"{names[c]}_s{i % args.num_seeds}" for i, c in enumerate(member_cfg)]
-    coef = torch.tensor([CONFIGS[names[c]] for c in member_cfg], device=device, dtype=torch.get_default_dtype())
-    weighted, alpha, gamma_u, kappa = coef[:, 0] > 0, coef[:, 1], coef[:, 2], coef[:, 3]
-    corridor = args.env == "corridor"
-    if corridor:
-        env = Corridor(torch.full((M,), args.env_size, device=device), args.max_steps)
-        n_keys, key_of = args.env_size, env.keys
-    else:
-        env = GymBatch(args.env, M, args.max_steps, args.seed, device)
-        n_keys, key_of = args.table_size, lambda: env.keys(args.table_size)
+    env = make_env(args, M, device)
+    corridor = isinstance(env, Corridor)
     layout = mlp_layout(env.obs_dim, args.hidden_dim, env.n_actions)
     theta = init_theta(torch.full((M,), args.hidden_dim, device=device), env.obs_dim, args.hidden_dim,
                        env.n_actions, gen)
     target = theta.clone()
     adam = BatchedAdam(theta, args.learning_rate)
     buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
-    tables = PressureTables(M, n_keys, device)
+    tables = PressureTables(M, args.env_size if corridor else args.table_size, device)
     table = env.all_states() if corridor else None            # corridor: Q once per cell, gathered by key
+    prefill(env, buf, args, gen, device)
 
-    # ---- pre-fill (corridor: random with p 0.5, else right, as the original; gymnasium: uniform) ----
+    # ---- training ----
     obs = env.reset()
-    for _ in range(args.prefill):
-        if corridor:
-            coin = torch.rand(M, generator=gen, device=device) < 0.5
-            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
-        else:
-            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
-        key = key_of()
-        next_obs, reward, term, trunc, after = env.step(action)
-        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
-                key, env.next_keys if corridor else key_of())
-        obs = after
-
-    # ---- training, all members in lockstep: one tick = one env step of every member ----
-    obs = env.reset()
-    eps = torch.full((M,), args.eps_start, device=device)
-    crystal = torch.full((M,), args.c0, device=device)
-    prev_mean, has_prev = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
-    ep_count = torch.zeros(M, dtype=torch.long, device=device)
-    ep_ret, ep_success = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
-    b_sum, b_cnt = torch.zeros(M, device=device), torch.zeros(M, device=device)
-    recent = torch.zeros(M, args.c_window, device=device)                  # ring of the last returns
-    returns = torch.full((M, E), float("nan"), device=device)
-    c_hist, beta_hist = returns.clone(), returns.clone()
-    success = torch.zeros(M, E, dtype=torch.bool, device=device)
-    ids = torch.arange(M, device=device)
+    book = EpisodeBook(args, M, device)
     status, tick, logged = "ok", 0, 0
     start = last_print = time.time()
-
-    def log_finished_episodes(upto: int) -> None:
-        """metrics.jsonl rows for the episodes every member has finished (x-axis: episode)."""
-        global logged
-        r, c, b = (x[:, logged:upto].cpu().numpy() for x in (returns, c_hist, beta_hist))
-        for k, e in enumerate(range(logged, upto)):
-            row = {}
-            for ci, name in enumerate(names):
-                sel = member_cfg == ci
-                row[f"return_mean/{name}"] = float(r[sel, k].mean())
-                row[f"crystallization_mean/{name}"] = float(c[sel, k].mean())
-            for m, nm in enumerate(member_names):
-                row[f"return/{nm}"], row[f"crystallization/{nm}"] = float(r[m, k]), float(c[m, k])
-                row[f"beta_mean/{nm}"] = float(b[m, k])
-            log.log(e, row)
-        logged = upto
-
     while True:
-        active = ep_count < E
+        active = book.ep_count < E
         with torch.no_grad():
             q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)                # [M, A], before training
-        action = epsilon_greedy(q, eps, gen)
-        key = key_of()
+        action = epsilon_greedy(q, book.eps, gen)
+        key = state_keys(env, args)
         tables.update_value(key, q.amax(-1), active)                  # V(s_t): running mean of max_a Q(s_t, a)
         next_obs, reward, term, trunc, after = env.step(action)
-        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
-                key, env.next_keys if corridor else key_of())
+        store(buf, env, args, obs, action, reward, next_obs, term, trunc, key)
         obs = after
         if buf.size > args.batch_size:
             for _ in range(args.grad_steps):
                 batch = buf.sample(args.batch_size, gen, with_obs=table is None)
-                v = tables.value(batch["key"])
-
-                def pressure(q_rows: torch.Tensor) -> torch.Tensor:
-                    """beta per sample from the same forward pass as the loss (Q before this step);
-                    also accumulates the episode's mean beta (Baseline members log beta, use 1)."""
-                    u_new = q_rows.var(-1) if args.uncertainty == "variance" else torch.ones_like(v)
-                    u = uncertainty_read_and_update(tables, batch["key"], u_new, args.u_ema, active)
-                    beta = selective_pressure(args.beta0, alpha, gamma_u, crystal, v, u)
-                    b_sum.add_(beta.mean(1) * active)
-                    b_cnt.add_(active)
-                    return torch.where(weighted.unsqueeze(1), beta, 1.0)
-
+                pressure = PressureWeights(args, members, tables, batch["key"], book.crystal, active)
                 _, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active,
                                               weight_fn=pressure, table=table)
+                book.add_beta(pressure.beta, active)
                 adam.step(theta, clip_per_member(grad, args.max_grad_norm), active)
 
         # ---- episode bookkeeping (the original's order: target copy, eps decay, then C) ----
-        ended = term | trunc
-        fin = ended & active
-        ep_ret += reward
-        ep_success |= (term if corridor else torch.zeros_like(term))
-        e = ep_count.clamp(max=E - 1)
-        slot = ids * E + e
-        for store, value in ((returns, ep_ret), (beta_hist, b_sum / b_cnt.clamp(min=1))):
-            flat = store.view(-1)
-            flat[slot] = torch.where(fin, value, flat[slot])
-        if not corridor:
-            ep_success = ep_ret >= args.success_return
-        success.view(-1)[slot] = torch.where(fin, ep_success, success.view(-1)[slot])
-        target = torch.where((fin & (ep_count % args.target_every == 0)).unsqueeze(1), theta, target)
-        eps = torch.where(fin, (eps * args.eps_decay).clamp(min=args.eps_end), eps)
-        # C: from episode c_window on, the mean of the last c_window returns (episodes e-9..e)
-        recent.view(-1)[ids * args.c_window + e % args.c_window] = torch.where(
-            fin, ep_ret, recent.view(-1)[ids * args.c_window + e % args.c_window])
-        upd = fin & (ep_count >= args.c_window)
-        new_c, _ = crystallization_update(crystal, prev_mean, has_prev, recent.mean(1), kappa, args.c_min, args.c_max)
-        crystal = torch.where(upd, new_c, crystal)
-        prev_mean = torch.where(upd, recent.mean(1), prev_mean)
-        has_prev |= upd
-        flat = c_hist.view(-1)
-        flat[slot] = torch.where(fin, crystal, flat[slot])
-        ep_count += fin.long()
-        for acc in (ep_ret, b_sum, b_cnt):
-            acc.masked_fill_(ended, 0.0)
-        ep_success &= ~ended
+        fin = (term | trunc) & active
+        target = torch.where((fin & (book.ep_count % args.target_every == 0)).unsqueeze(1), theta, target)
+        book.end_step(reward, term, trunc, fin, members.kappa, args, corridor)
         tick += 1
 
         if tick % 500 == 0 or tick % args.max_steps == 0:
-            any_active = bool((ep_count < E).any())
+            any_active = bool((book.ep_count < E).any())
             if tick % 500 == 0 or not any_active:
+                logged = log_episodes(log, members, book, logged, int(book.ep_count.min()))   # before any stop
                 if not torch.isfinite(theta).all():
-                    status = f"non-finite Q-network parameters at tick {tick}; stopped, metrics so far are kept"
+                    status = f"non-finite Q-network parameters at tick {tick} ({logged} episodes logged)"
                     break
-                log_finished_episodes(int(ep_count.min()))
                 now = time.time()
                 if now - last_print > 5 or not any_active:
-                    print(f"tick {tick}  episodes done {int(ep_count.min())}-{int(ep_count.max())}/{E}  "
+                    print(f"tick {tick}  episodes done {int(book.ep_count.min())}-{int(book.ep_count.max())}/{E}  "
                           f"{tick / (now - start):.0f} ticks/s  {M * tick / (now - start):.0f} member-steps/s",
                           flush=True)
                     last_print = now
@@ -872,12 +1135,35 @@ if __name__ == "__main__":
                 break
     wall = time.time() - start
 
-    # ---- analysis: C(T), final return, episodes to first success, per configuration ----
-    returns_np, c_np, beta_np, success_np = (x.cpu().numpy() for x in (returns, c_hist, beta_hist, success))
+    # ---- analysis, table, plots ----
+    returns_np, c_np, beta_np, success_np = (x.cpu().numpy() for x in (book.returns, book.c_hist, book.beta_hist,
+                                                                       book.success))
+    per_config = analyze(args, members, returns_np, c_np, success_np)
+    summary = {"status": status, "env": args.env, "uncertainty": args.uncertainty, "num_runs": M, "episodes": E,
+               "configs": per_config, "wall_time_s": wall, "ticks": tick, "member_steps_per_s": M * tick / wall}
+    if corridor:
+        summary["optimal_return"] = 12 - args.env_size
+    print_table(args, per_config)
+    if status == "ok" or logged > 0:
+        plot_analysis(members.names, returns_np, beta_np, members.cfg,
+                      os.path.join(log.run_dir, "control_parameter_analysis.png"))
+        plot_crystallization(members.names, c_np, members.cfg,
+                             os.path.join(log.run_dir, "crystallization_evolution.png"))
+    print(f"wrote {log.run_dir}  ({wall:.1f} s, {M * tick / wall:.0f} member-steps/s)")
+    return summary
+
+
+# ==================================================================================================
+# Analysis: C(T), final return, episodes to first success, per configuration
+# ==================================================================================================
+def analyze(args: Args, members: Members, returns: np.ndarray, c_hist: np.ndarray, success: np.ndarray) -> dict:
+    """Per configuration: mean [95% bootstrap CI] over seeds of C(T), of the final 10-episode MA return,
+    of the episodes to the first success, and of the return difference to the Baseline; the raw runs."""
     rng = np.random.default_rng(args.seed)
-    final_ret = moving_average(returns_np, 10)[:, -1]                 # 10-episode MA at the last episode
-    c_final = c_np[:, -1]
-    first_success = np.array([np.argmax(s) if s.any() else np.nan for s in success_np])
+    names, member_cfg = members.names, members.cfg
+    final_ret = moving_average(returns, 10)[:, -1]                    # 10-episode MA at the last episode
+    c_final = c_hist[:, -1]
+    first_success = np.array([np.argmax(s) if s.any() else np.nan for s in success])
     base = names.index("Baseline") if "Baseline" in names else None
     per_config = {}
     for ci, name in enumerate(names):
@@ -895,23 +1181,21 @@ if __name__ == "__main__":
             "return_minus_baseline": (diff_ci(final_ret[sel], final_ret[member_cfg == base], args.bootstrap, rng)
                                       if base is not None and ci != base else None),
         }
-    summary = {"status": status, "env": args.env, "uncertainty": args.uncertainty, "num_runs": M, "episodes": E,
-               "configs": per_config, "wall_time_s": wall, "ticks": tick, "member_steps_per_s": M * tick / wall}
-    if corridor:
-        summary["optimal_return"] = 12 - args.env_size
+    return per_config
 
-    fmt = lambda t: "      -" if t is None else f"{t[0]:7.3f} [{t[1]:.3f}, {t[2]:.3f}]"
-    fmt_r = lambda t: "      -" if t is None else f"{t[0]:7.1f} [{t[1]:.1f}, {t[2]:.1f}]"
+
+def format_ci(t, digits: int) -> str:
+    return "      -" if t is None else f"{t[0]:7.{digits}f} [{t[1]:.{digits}f}, {t[2]:.{digits}f}]"
+
+
+def print_table(args: Args, per_config: dict) -> None:
     print(f"\n===== selective pressure, U = {args.uncertainty}, {args.num_seeds} seeds, mean [95% CI] =====")
     print(f"{'config':22s} {'C(T)':>26s} {'final return (MA10)':>24s} {'eps to 1st success':>24s} {'vs Baseline':>24s}")
     for name, r in per_config.items():
-        print(f"{name:22s} {fmt(r['C_final']):>26s} {fmt_r(r['final_return_ma10']):>24s} "
-              f"{fmt_r(r['episodes_to_first_success']):>24s} {fmt_r(r['return_minus_baseline']):>24s}")
-    if status == "ok" or logged > 0:
-        plot_analysis(names, returns_np, beta_np, member_cfg, os.path.join(run_dir, "control_parameter_analysis.png"))
-        plot_crystallization(names, c_np, member_cfg, os.path.join(run_dir, "crystallization_evolution.png"))
-    log.summary(summary)
-    log.close()
-    print(f"wrote {run_dir}  ({wall:.1f} s, {M * tick / wall:.0f} member-steps/s)")
-    if status != "ok":
-        sys.exit(f"control_parameter.py: {status}")
+        print(f"{name:22s} {format_ci(r['C_final'], 3):>26s} {format_ci(r['final_return_ma10'], 1):>24s} "
+              f"{format_ci(r['episodes_to_first_success'], 1):>24s} {format_ci(r['return_minus_baseline'], 1):>24s}")
+
+
+if __name__ == "__main__":
+    args = parse_args("control_parameter.py", Args, finalize_args)
+    sys.exit(run_experiment("control_parameter.py", args, train, x_axis="episode"))

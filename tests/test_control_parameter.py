@@ -1,14 +1,14 @@
 """control_parameter.py: beta, V, U and C against hand values and the original's per-sample
-loop, the batched script against an unbatched reference, and subprocess runs."""
+loop, the batched script against an unbatched reference (in process), bad input, the NaN stop,
+and one subprocess run of the real CLI."""
 
+import json
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
-import tyro
-from conftest import read_json, read_metrics
+from conftest import assert_bad_input, read_json, read_metrics, run_in_process
 from dqn_reference import reference_dqn
 
 import control_parameter as cp
@@ -85,14 +85,25 @@ def test_mean_and_difference_cis_cover_the_estimate():
     assert d == 4.5 and lo < d < hi and lo > 0
 
 
+# ------------------------------------------------------------------------------------------------
+# Whole runs, in process (parse_args + run_experiment + train), and one subprocess run of the CLI
+# ------------------------------------------------------------------------------------------------
+def run_cp(tmp_path, *argv):
+    """(exit status, run folder) of one in-process run in a fresh folder under tmp_path."""
+    cwd = tmp_path / f"call{len(list(tmp_path.iterdir()))}"
+    cwd.mkdir()
+    return run_in_process(cp, SCRIPT, "episode", cwd, *argv)
+
+
 @pytest.mark.parametrize("uncertainty", ["variance", "constant"])
-def test_batched_script_matches_an_unbatched_reference(run, uncertainty):
+def test_batched_script_matches_an_unbatched_reference(tmp_path, uncertainty):
     """One member (Value Focus, the config with the largest beta spread): same returns, same C(t),
     same mean beta per episode as the original's per-sample loop with python dicts."""
-    proc, run_dir = run(SCRIPT, "--configs", "ValueFocus", "--num-seeds", "1", "--env-size", "5", "--hidden-dim", "6",
-                        "--episodes", "14", "--prefill", "30", "--batch-size", "8", "--buffer-size", "60",
-                        "--max-steps", "12", "--seed", "4", "--bootstrap", "50", "--uncertainty", uncertainty)
-    assert proc.returncode == 0, proc.stderr
+    code, run_dir = run_cp(tmp_path, "--configs", "ValueFocus", "--num-seeds", "1", "--env-size", "5",
+                           "--hidden-dim", "6", "--episodes", "14", "--prefill", "30", "--batch-size", "8",
+                           "--buffer-size", "60", "--max-steps", "12", "--seed", "4", "--bootstrap", "50",
+                           "--uncertainty", uncertainty)
+    assert code == 0
     rows = read_metrics(run_dir)
     want = reference_dqn(N=5, H=6, episodes=14, prefill=30, batch=8, buffer=60, seed=4, max_steps=12, lr=1e-3,
                          grad_steps=1, clip=1.0,
@@ -104,6 +115,7 @@ def test_batched_script_matches_an_unbatched_reference(run, uncertainty):
 
 
 def test_smoke_run_writes_every_output_with_sane_values(run):
+    """The real CLI path, with --track offline."""
     proc, run_dir = run(SCRIPT, *TINY, "--track=True", "--wandb-project-name", "test")
     assert proc.returncode == 0, proc.stderr
     for name in ("config.json", "metrics.jsonl", "summary.json", "control_parameter_analysis.png",
@@ -112,6 +124,7 @@ def test_smoke_run_writes_every_output_with_sane_values(run):
     assert list((run_dir / "wandb").glob("offline-run-*"))
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["num_runs"] == 10 and set(s["configs"]) == set(cp.CONFIGS)
+    assert s["last_episode"] == 15 and s["rows_logged"] == 16
     for name, c in s["configs"].items():
         assert -20 <= c["final_return_ma10"][0] <= 6
         if name == "Baseline":
@@ -124,10 +137,10 @@ def test_smoke_run_writes_every_output_with_sane_values(run):
     assert "C(T)" in proc.stdout
 
 
-def test_crystallization_in_the_log_follows_the_logged_returns(run):
+def test_crystallization_in_the_log_follows_the_logged_returns(tmp_path):
     """Recompute C(t) from the logged returns with the original's rule, for every member."""
-    proc, run_dir = run(SCRIPT, *TINY, "--episodes", "30", "--configs", "UncertaintyFocus", "SelectivePressure")
-    assert proc.returncode == 0, proc.stderr
+    code, run_dir = run_cp(tmp_path, *TINY, "--episodes", "30", "--configs", "UncertaintyFocus", "SelectivePressure")
+    assert code == 0
     rows = read_metrics(run_dir)
     kappa = {"UncertaintyFocus": 0.02, "SelectivePressure": 0.01}
     for name in [k.split("/")[1] for k in rows[0] if k.startswith("return/")]:
@@ -141,44 +154,109 @@ def test_crystallization_in_the_log_follows_the_logged_returns(run):
             assert rows[e][f"crystallization/{name}"] == pytest.approx(C, abs=1e-5), (name, e)
 
 
-def test_same_seed_same_numbers(run):
-    _, a = run(SCRIPT, *TINY, "--configs", "Baseline", "UncertaintyFocus")
-    _, b = run(SCRIPT, *TINY, "--configs", "Baseline", "UncertaintyFocus")
+def test_same_seed_same_numbers(tmp_path):
+    _, a = run_cp(tmp_path, *TINY, "--configs", "Baseline", "UncertaintyFocus")
+    _, b = run_cp(tmp_path, *TINY, "--configs", "Baseline", "UncertaintyFocus")
     assert read_metrics(a) == read_metrics(b)
 
 
-def test_cartpole_runs(run):
-    proc, run_dir = run(SCRIPT, "--env", "CartPole-v1", "--configs", "Baseline", "ValueFocus", "--num-seeds", "1",
-                        "--episodes", "5", "--prefill", "100", "--bootstrap", "50", "--success-return", "20")
-    assert proc.returncode == 0, proc.stderr
+def test_cartpole_runs(tmp_path):
+    code, run_dir = run_cp(tmp_path, "--env", "CartPole-v1", "--configs", "Baseline", "ValueFocus", "--num-seeds",
+                           "1", "--episodes", "5", "--c-window", "2", "--target-every", "2", "--prefill", "100",
+                           "--bootstrap", "50", "--success-return", "20")
+    assert code == 0
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["env"] == "CartPole-v1"
     rows = read_metrics(run_dir)
     assert len(rows) == 5 and all(1 <= r["return/ValueFocus_s0"] <= 500 for r in rows)
     assert all(0.1 <= r["crystallization/ValueFocus_s0"] <= 2.0 for r in rows)
+    assert len({r["crystallization/ValueFocus_s0"] for r in rows}) > 1             # C moved from episode 3 on
     assert s["configs"]["ValueFocus"]["C_final"][0] == rows[-1]["crystallization/ValueFocus_s0"]
+    assert s["configs"]["ValueFocus"]["C_final"][1] is None                        # one seed: no CI, null not NaN
 
 
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line, exit status 2, no run folder
+# ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, message", [
     (("--configs",), "needs at least one configuration"),
     (("--configs", "Nope"), "unknown --configs ['Nope']"),
+    (("--configs", "Baseline", "Baseline"), "lists a configuration twice"),
     (("--uncertainty", "maybe"), "unknown --uncertainty 'maybe'"),
+    (("--seed", "-1"), "--seed must lie in [0, 2**32)"),
     (("--env-size", "0"), "--env-size must be >= 2"),
-    (("--episodes", "-1"), "--episodes must be positive"),
+    (("--env-size", "1"), "--env-size must be >= 2"),
     (("--env", "NoSuchEnv-v0"), "unknown --env 'NoSuchEnv-v0'"),
+    (("--env", "Pendulum-v1"), "needs discrete actions"),
+    (("--episodes", "-1"), "--episodes must be positive"),
+    (("--hidden-dim", "0"), "--hidden-dim must be positive"),
+    (("--num-seeds", "0"), "--num-seeds must be positive"),
+    (("--max-steps", "0"), "--max-steps must be positive"),
+    (("--batch-size", "0"), "--batch-size must be positive"),
+    (("--buffer-size", "-5"), "--buffer-size must be positive"),
+    (("--grad-steps", "0"), "--grad-steps must be positive"),
+    (("--target-every", "0"), "--target-every must be positive"),
+    (("--c-window", "0"), "--c-window must be positive"),
+    (("--table-size", "0"), "--table-size must be positive"),
+    (("--bootstrap", "0"), "--bootstrap must be positive"),
+    (("--torch-threads", "0"), "--torch-threads must be positive"),
+    (("--learning-rate", "0"), "--learning-rate must be a finite number > 0"),
+    (("--learning-rate", "nan"), "--learning-rate must be a finite number > 0"),
+    (("--max-grad-norm", "inf"), "--max-grad-norm must be a finite number > 0"),
+    (("--beta0", "-1"), "--beta0 must be a finite number > 0"),
+    (("--discount", "1.01"), "--discount must lie in [0, 1]"),
+    (("--eps-start", "1.5"), "--eps-start must lie in [0, 1]"),
+    (("--eps-end", "-0.1"), "--eps-end must lie in [0, 1]"),
+    (("--eps-decay", "nan"), "--eps-decay must lie in [0, 1]"),
+    (("--eps-start", "0.1", "--eps-end", "0.5"), "--eps-end 0.5 is above --eps-start 0.1"),
+    (("--u-ema", "1"), "--u-ema must lie in [0, 1)"),
+    (("--c-min", "0"), "need 0 < --c-min <= --c0 <= --c-max"),
+    (("--c0", "3"), "need 0 < --c-min <= --c0 <= --c-max"),
+    (("--c-max", "inf"), "need 0 < --c-min <= --c0 <= --c-max"),
+    (("--success-return", "nan"), "--success-return must be a finite number"),
+    (("--c-window", "100", "--episodes", "6"), "--c-window 100 does not fit in --episodes 6"),
+    (("--c-window", "6", "--episodes", "6"), "--c-window 6 does not fit in --episodes 6"),
+    (("--c-window", "2", "--episodes", "6", "--target-every", "7"), "--target-every 7 is longer than the run"),
+    (("--prefill", "64"), "need --batch-size < --prefill <= --buffer-size"),
+    (("--prefill", "20000"), "need --batch-size < --prefill <= --buffer-size"),
+    (("--max-steps", "10"), "--max-steps 10 cannot reach the goal"),
+    (("--buffer-size", "100000000000", "--prefill", "1000"), "GiB"),
+    (("--hidden-dim", "2000000"), "GiB"),
+    (("--episodes", "abc"), None),                                     # tyro's parse box
+    (("--no-such-flag", "1"), None),
 ])
-def test_bad_input_is_rejected_with_a_one_line_reason(args, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        cp.finalize_args(tyro.cli(cp.Args, args=list(args), config=(tyro.conf.FlagConversionOff,)))
+def test_bad_input_fails_fast_with_one_line(args, message, capsys, tmp_path, monkeypatch):
+    assert_bad_input(cp, SCRIPT, args, message, capsys, tmp_path, monkeypatch)
 
 
-def test_bad_input_fails_fast_with_one_line(run):
-    proc, run_dir = run(SCRIPT, "--configs", "--episodes", "0")
-    assert proc.returncode != 0 and run_dir is None
-    assert "needs at least one configuration" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_bad_input_in_a_subprocess_leaves_no_folder(run):
+    proc, run_dir = run(SCRIPT, "--c-window", "100", "--episodes", "6")
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == ("control_parameter.py: error: --c-window 100 does not fit in --episodes 6: C is "
+                                   "first updated at episode c_window, so the window must be shorter than the run")
 
 
-def test_non_finite_training_stops_and_keeps_the_log(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--learning-rate", "1e38", "--max-grad-norm", "1e38", "--episodes", "300")
-    assert proc.returncode != 0 and "non-finite" in proc.stderr
-    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
+# ------------------------------------------------------------------------------------------------
+# NaN: the run stops at the next check with every finished episode logged; strict JSON
+# ------------------------------------------------------------------------------------------------
+def test_non_finite_training_stops_and_keeps_the_log(tmp_path, monkeypatch, capsys):
+    real_clip = cp.clip_per_member
+    calls = {"n": 0}
+
+    def poisoned(grad, max_norm):                 # finite for 150 gradient steps, NaN from then on
+        calls["n"] += 1
+        return real_clip(grad, max_norm) * (float("nan") if calls["n"] > 150 else 1.0)
+
+    monkeypatch.setattr(cp, "clip_per_member", poisoned)
+    code, run_dir = run_cp(tmp_path, *TINY, "--episodes", "300", "--configs", "Baseline", "ValueFocus")
+    assert code == 1 and "non-finite Q-network parameters at tick 500" in capsys.readouterr().err
+    rows = read_metrics(run_dir)
+    assert len(rows) > 0 and [r["episode"] for r in rows] == list(range(len(rows)))
+    assert rows[0]["beta_mean/ValueFocus_s0"] is not None
+    assert rows[-1]["beta_mean/ValueFocus_s0"] is None                             # NaN became null
+    text = (run_dir / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"summary.json holds {c}"))
+    assert summary["status"].startswith("non-finite") and summary["rows_logged"] == len(rows)
+    assert summary["last_episode"] == rows[-1]["episode"]
+    assert summary["configs"]["ValueFocus"]["C_final"][0] is None                  # episode 299 never reached
+    assert (run_dir / "control_parameter_analysis.png").exists()
