@@ -88,6 +88,7 @@ import math
 import os
 import random
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -200,18 +201,14 @@ STRUCTURAL = ("env", "evolve", "rule", "observe_count", "dt", "damping", "actor_
               "sigma_init", "sigma_limit", "rule_lr", "signal_dim", "state_dim", "genome_size")
 
 
-def finalize_args(args: Args) -> Args:
-    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
+def check_structure(args: Args) -> None:
+    """The fields that describe an individual (STRUCTURAL): choices, actor shape, limits; fills genome_size."""
     if args.env not in ENVS:
         raise ValueError(f"unknown --env {args.env!r}; choose one of {', '.join(ENVS)}")
     if args.rule not in RULES:
         raise ValueError(f"unknown --rule {args.rule!r}; choose one of {', '.join(RULES)}")
-    choices = {"evolve": ("rule", "actor"), "food_layout": ("fixed", "random"), "elitism": ("topk", "original"),
-               "fitness_agg": ("mean", "min")}
-    for name, allowed in choices.items():
-        if getattr(args, name) not in allowed:
-            flag = f"--{name.replace('_', '-')} {getattr(args, name)!r}"
-            raise ValueError(f"unknown {flag}; choose one of {', '.join(allowed)}")
+    if args.evolve not in ("rule", "actor"):
+        raise ValueError(f"unknown --evolve {args.evolve!r}; choose one of rule, actor")
     obs_dim, act_dim = ENV_DIMS[args.env]
     shape = args.actor_shape
     if len(shape) < 2 or min(shape) <= 0:
@@ -219,8 +216,132 @@ def finalize_args(args: Args) -> Args:
     if shape[0] != obs_dim or shape[-1] != act_dim:
         raise ValueError(f"--actor-shape {shape} must start with {obs_dim} (observation) and end with {act_dim} "
                          f"(action) for --env {args.env}")
+    for name in ("signal_dim", "state_dim"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name, low, strict in (("weight_limit", 0.0, True), ("rule_lr", 0.0, True), ("dt", 0.0, True),
+                              ("damping", 0.0, False), ("weight_init", 0.0, False), ("sigma_init", 0.0, False),
+                              ("sigma_limit", 0.0, False)):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            kind = "a finite number > 0" if strict else "a finite number >= 0"
+            raise ValueError(f"--{name.replace('_', '-')} must be {kind}, got {value}")
+    if args.sigma_init > args.sigma_limit:
+        raise ValueError(f"--sigma-init {args.sigma_init} exceeds --sigma-limit {args.sigma_limit} "
+                         f"(the noise std is clipped to [0, sigma_limit])")
+    args.genome_size = genome_size(args)
+
+
+def field_default(name: str):
+    f = Args.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def load_saved_individual(path: str) -> dict:
+    """Read a saved individual (best/genNNNN.json) for --show: {"genome": [D numbers], "fitness": number
+    or null, "args": {every STRUCTURAL field}}. Anything else is a ValueError that says what is wrong."""
+    where = f"--show {path!r}"
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except OSError as e:
+        raise ValueError(f"{where} cannot be read: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:          # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{where} is not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+        raise ValueError(f"{where} is not a saved individual: need a JSON object with 'genome', 'fitness' and "
+                         f"'args' (a best/genNNNN.json of a run)")
+    missing = [k for k in ("genome", "fitness") if k not in saved] + \
+              [f"args.{n}" for n in STRUCTURAL if n not in saved["args"]]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for name in STRUCTURAL:
+        value, default = saved["args"][name], field_default(name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = number(value)
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"{where}: args.{name} = {value!r} is not a {type(default).__name__}")
+        if isinstance(default, float):
+            saved["args"][name] = float(value)
+    genome = saved["genome"]
+    if not isinstance(genome, list) or not genome:
+        raise ValueError(f"{where}: genome must be a non-empty list of numbers")
+    bad = next((i for i, v in enumerate(genome) if not (number(v) and math.isfinite(v))), None)
+    if bad is not None:
+        raise ValueError(f"{where}: genome[{bad}] = {genome[bad]!r} is not a finite number")
+    if saved["fitness"] is not None and not number(saved["fitness"]):
+        raise ValueError(f"{where}: fitness = {saved['fitness']!r} is not a number or null")
+    return saved
+
+
+def estimate_bytes(args: Args) -> tuple[float, str]:
+    """The large allocations, from the arguments: every tensor of a generation's evaluation is batched
+    over B = P x lifetimes rows (the held-out random-rule control over eval_lifetimes^2), per row the
+    repeated genome, the actor (W, b, sigma, a copy while updating), its trace, the rule's state and the
+    update's temporaries (one layer at a time); the GA step holds about 6 copies of the (P, D) population;
+    a recorded lifetime (trajectory, --show) keeps a small tensor per step, and --show's GIF writer every
+    frame as an image. Returns (bytes, what needs them)."""
+    shape, layers = args.actor_shape, actor_layer_shapes(args.actor_shape)
+    synapses = [n_in * n_out for n_in, n_out in layers]
+    D = args.genome_size
+    per_row = D + 2 * sum(s + 2 * n_out for s, (_, n_out) in zip(synapses, layers)) + 4 * sum(shape) + 32
+    if args.evolve == "rule" and args.rule == "mpnn":
+        S, sd = args.signal_dim, args.state_dim
+        in_c, out_c = 2 * NODE_INFO + S + 3, S + 1
+        per_row += sd * (sum(shape[1:]) + sum(synapses)) + 2 * in_c * (sd + out_c) \
+            + (2 * sd + out_c + 1) * max(synapses) + (sd + out_c) * (max(shape) + 2 * NODE_INFO + S + 4)
+    elif args.evolve == "rule":
+        per_row += 8 * max((n_in + 1) * n_out for n_in, n_out in layers)
+    if args.show is not None:                    # the GIF writer keeps every drawn frame: 400 x 400 RGBA
+        frames = -(-args.steps // args.gif_stride)
+        return 4.0 * per_row + 512.0 * args.steps + 640_000.0 * frames, \
+            f"a GIF of {frames} frames (--steps {args.steps}, --gif-stride {args.gif_stride})"
+    rows, what = args.population_size * args.evals_per_gen, \
+        f"a population of {args.population_size} x {args.evals_per_gen} lifetimes (genome {D})"
+    heldout = args.eval_lifetimes ** 2 if args.evolve == "rule" else args.eval_lifetimes
+    if heldout > rows:
+        rows, what = heldout, f"the held-out random-rule control ({args.eval_lifetimes}^2 lifetimes, genome {D})"
+    return 4.0 * (rows * per_row + 6 * args.population_size * D) + 512.0 * args.steps, what
+
+
+def finalize_args(args: Args) -> Args:
+    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason. With
+    --show, the structure of the individual (STRUCTURAL) comes from the file and is checked here too."""
+    choices = {"food_layout": ("fixed", "random"), "elitism": ("topk", "original"), "fitness_agg": ("mean", "min")}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            flag = f"--{name.replace('_', '-')} {getattr(args, name)!r}"
+            raise ValueError(f"unknown {flag}; choose one of {', '.join(allowed)}")
+    if args.show is not None:
+        if not os.path.isfile(args.show):
+            raise ValueError(f"--show {args.show!r} is not a file")
+        saved = load_saved_individual(args.show)
+        for name in STRUCTURAL:
+            setattr(args, name, saved["args"][name])
+        try:
+            check_structure(args)
+        except ValueError as e:
+            raise ValueError(f"--show {args.show!r} holds arguments this script refuses: {e}") from None
+        if len(saved["genome"]) != args.genome_size:
+            what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
+            raise ValueError(f"--show {args.show!r}: its genome has {len(saved['genome'])} numbers, but its "
+                             f"arguments ({args.env}, {what}, actor shape {args.actor_shape}) need {args.genome_size}")
+    else:
+        check_structure(args)
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32 - 1], got {args.seed}")
     for name in ("population_size", "num_survivors", "generations", "evals_per_gen", "steps", "eval_lifetimes",
-                 "signal_dim", "state_dim", "torch_threads", "gif_stride"):
+                 "torch_threads", "gif_stride"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.num_survivors > args.population_size:
@@ -230,14 +351,12 @@ def finalize_args(args: Args) -> Args:
     for name in ("mutation_probability", "crossover_rate"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    for name in ("mutation_strength", "init_std", "weight_init", "sigma_init", "sigma_limit", "rule_lr", "dt"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
-    if args.weight_limit <= 0:
-        raise ValueError(f"--weight-limit must be positive, got {args.weight_limit}")
-    if args.show is not None and not os.path.isfile(args.show):
-        raise ValueError(f"--show {args.show!r} is not a file")
-    args.genome_size = genome_size(args)
+    for name in ("mutation_strength", "init_std"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(args, name)}")
+    if args.show is not None and args.gif_stride > args.steps:
+        raise ValueError(f"--gif-stride {args.gif_stride} exceeds --steps {args.steps}: the GIF would have one frame")
+    check_memory(*estimate_bytes(args), pick_device(args.cuda))
     return args
 
 
@@ -839,22 +958,56 @@ def pick_device(cuda: bool) -> torch.device:
 
 
 # >>> copied: run-name
+def check_exp_name(exp_name: str) -> None:
+    """A run folder is always directly under runs/: no path separator, no '..', a length that fits."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or (os.altsep and os.altsep in exp_name) \
+            or os.sep in exp_name or "\0" in exp_name:
+        raise ValueError(f"--exp-name {exp_name!r} must be a plain name (no path separator, not '.' or '..')")
+    if len(exp_name.encode()) > 200:
+        raise ValueError(f"--exp-name is {len(exp_name.encode())} bytes long; at most 200 fit in a folder name")
+
+
 def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
-    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir).
+    A folder that cannot be created is a ValueError with the reason, raised before any work."""
+    check_exp_name(exp_name)
     base = f"{exp_name}__{seed}__{int(time.time())}"
-    for k in range(10_000):
-        run_name = base if k == 0 else f"{base}-{k}"
-        run_dir = os.path.join(root, run_name)
-        try:
-            os.makedirs(run_dir)
-            return run_name, run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder for {base}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for k in range(10_000):
+            run_name = base if k == 0 else f"{base}-{k}"
+            run_dir = os.path.join(root, run_name)
+            try:
+                os.mkdir(run_dir)
+                return run_name, run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise ValueError(f"cannot create a run folder under {os.path.abspath(root)!r}: {e.strerror or e}") from None
+    raise ValueError(f"could not create a fresh run folder for {base}")
 # <<< copied: run-name
 
 
 # >>> copied: wandb-init
+def check_wandb(track: bool) -> None:
+    """--track needs W&B credentials (WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline/disabled."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ValueError("--track=True needs W&B credentials: run `wandb login`, set WANDB_API_KEY, "
+                     "or set WANDB_MODE=offline")
+
+
 def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
     """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
     import wandb
@@ -868,43 +1021,168 @@ def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
 
 
 # >>> copied: outputs
-def _to_builtin(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
+def to_json_safe(value):
+    """Builtins for json: numpy/torch scalars and arrays become numbers and lists, NaN/Inf become None
+    (metrics.jsonl and summary.json stay valid JSON); anything else unknown becomes its str."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_to_builtin)
+    """Write obj as strict JSON (no NaN) via a temporary file, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_json_safe(obj), f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
 
 
 class RunLog:
     """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
-    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+    x-axis first, flushed line by line), summary.json; with --track every row and the summary also go
+    to W&B. `last_x` and `rows` say how far the run got (for an interrupted run's summary)."""
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
-        self.run_dir, self.x_axis = run_dir, x_axis
+        self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
+        self.last_x, self.rows = None, 0
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
 
     def log(self, x: int, row: dict) -> None:
-        row = {self.x_axis: x, **row}
-        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        row = to_json_safe({self.x_axis: x, **row})
+        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        self.last_x, self.rows = x, self.rows + 1
         if self.wandb is not None:
             self.wandb.log(row)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            self.wandb.summary.update({k: v for k, v in to_json_safe(summary).items()
+                                       if not isinstance(v, (list, dict))})
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 # <<< copied: outputs
+
+
+# >>> copied: entry
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` swallows it); the run ends with status 'interrupted'."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def fail(script: str, message: str, code: int = 2):
+    """One line on stderr, no traceback, a non-zero exit."""
+    print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_memory(nbytes: float, what: str, device: torch.device) -> None:
+    """Refuse, before any work, buffers that cannot fit: nbytes is the script's estimate of its large
+    allocations on `device` (host RAM from /proc/meminfo, or the GPU's free memory)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            available = info.get("MemAvailable", info["MemTotal"])
+        except (OSError, KeyError, ValueError, IndexError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > 0.8 * available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than 80% of the "
+                         f"{available / 2**30:.3g} GiB available on {device.type}")
+
+
+def parse_args(script: str, args_cls, finalize):
+    """tyro arguments (bool flags as --flag=True/False), then the script's checks finalize(args) and the
+    run-folder and W&B checks; bad input (a ValueError) ends here with one line and exit status 2,
+    before any folder exists."""
+    args = tyro.cli(args_cls, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize(args)
+        check_exp_name(args.exp_name)
+        check_wandb(args.track)
+    except ValueError as e:
+        fail(script, str(e))
+    return args
+
+
+def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") -> int:
+    """Run train(args, log) -> summary dict inside runs/{run_name}/ and return the exit status: 0 for
+    status 'ok'; 1 for any other status train returns (a non-finite loss, say) and for an exception
+    (status 'failed', the traceback in traceback.txt); 130/143 for SIGINT/SIGTERM (status
+    'interrupted', no traceback). Every row logged stays in metrics.jsonl; summary.json is always
+    written, with the last x-axis value reached; a W&B run is finished with the exit status."""
+    import traceback
+
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    log, run_dir, message = None, None, None
+    try:
+        try:
+            run_name, run_dir = make_run_dir(args.exp_name, args.seed, root)
+        except ValueError as e:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            fail(script, str(e))
+        log = RunLog(args, run_name, run_dir, x_axis)
+        seed_everything(args.seed, args.torch_deterministic)
+        summary = train(args, log)
+        code = 0 if summary.get("status") == "ok" else 1
+        if code:
+            message = f"stopped: {summary.get('status')}"
+    except Interrupted as e:
+        code, message = 128 + e.signum, f"interrupted by {e}"
+        summary = {"status": "interrupted", "signal": str(e)}
+    except Exception as e:  # a failed run still gets its summary and status
+        if run_dir is None:
+            raise
+        code, message = 1, f"failed: {type(e).__name__}: {e}"
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(run_dir, "traceback.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    for s in handlers:                                   # a second signal cannot break the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if run_dir is not None:
+            summary = {**summary, f"last_{x_axis}": None if log is None else log.last_x,
+                       "rows_logged": 0 if log is None else log.rows}
+            if log is None:
+                write_json(os.path.join(run_dir, "summary.json"), summary)
+            else:
+                log.summary(summary)
+                log.close(exit_code=code)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if message is not None:
+        where = f"; rows so far are in {run_dir}/metrics.jsonl" if run_dir is not None else ""
+        tb = " (traceback in traceback.txt)" if summary.get("status") == "failed" else ""
+        print(f"{script}: {message}{where}{tb}", file=sys.stderr, flush=True)
+    return code
+# <<< copied: entry
 
 
 # ==================================================================================================
@@ -992,123 +1270,143 @@ def write_gif(env_name: str, frames: np.ndarray, stride: int, path: str) -> None
     plt.close(fig)
 
 
-def show(args: Args) -> None:
-    """--show: replay a saved individual for one lifetime (layout from --seed and --food-layout)."""
-    with open(args.show) as f:
-        saved = json.load(f)
-    for name in STRUCTURAL:
-        setattr(args, name, saved["args"][name])
+# ==================================================================================================
+# Stages
+# ==================================================================================================
+def evaluate_generation(args: Args, pop: torch.Tensor, g: int, device) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Generation g's lifetimes for the whole population: (sanitised fitness (P,), ranking best first,
+    the metrics row). NaN fitness is the worst and is counted in fitness/nan_count."""
+    P, K = pop.shape[0], args.evals_per_gen
+    ind_steps = P * K * args.steps
+    t0, c0 = time.time(), time.process_time()
+    res = run_lifetimes(args, pop, K, lifetime_generator(args.seed, g, device), device)
+    fitness, n_bad = sanitize_fitness(aggregate_fitness(res["returns"], args.fitness_agg))
+    order = torch.sort(fitness, descending=True, stable=True).indices
+    elites = order[:max(args.num_elites, 1)]
+    top = order[0]
+    stats = torch.stack([fitness[top], fitness[torch.isfinite(fitness)].mean(), fitness[elites].mean(),
+                         fitness[torch.isfinite(fitness)].median(), n_bad.float(),
+                         res["quarters"][top, :, 0].mean(), res["quarters"][top, :, 3].mean(),
+                         res["saturated"].mean()]).tolist()             # the one host sync per generation
+    dt_gen, cpu_gen = time.time() - t0, time.process_time() - c0
+    best, mean, elite, median, n_nan, q1, q4, sat = stats
+    row = {"fitness/best": best, "fitness/mean": mean, "fitness/elite_mean": elite, "fitness/median": median,
+           "fitness/nan_count": int(n_nan), "fitness/best_first_quarter": q1, "fitness/best_last_quarter": q4,
+           "diag/saturated_action_frac": sat, "time/individual_steps_per_s": ind_steps / dt_gen,
+           "time/individual_steps_per_cpu_s": ind_steps / max(cpu_gen, 1e-9), "time/generation_s": dt_gen}
+    return fitness, order, row
+
+
+def save_best(args: Args, run_dir: str, g: int, fitness: float, genome: torch.Tensor) -> None:
+    """best/genNNNN.json: the generation's best genome, its fitness and every argument (loadable by --show)."""
+    write_json(os.path.join(run_dir, "best", f"gen{g:04d}.json"),
+               {"generation": g, "fitness": fitness, "genome": genome.tolist(), "args": vars(args)})
+
+
+def final_controls(args: Args, final_best: torch.Tensor, generations_done: int, run_dir: str, device) -> dict:
+    """The final generation's best (the re-evaluated elite) and the controls on unseen layouts, and its
+    trajectory on one unseen layout (trajectory.png); returns the summary entries."""
+    controls = heldout_controls(args, final_best, device)
+    rec = run_lifetimes(dataclasses.replace(args, food_layout="random"), final_best[None], 1,
+                        lifetime_generator(args.seed, -1, device), device, record=True)
+    plot_trajectory(args.env, rec["frames"], f"best of generation {generations_done - 1}, unseen layout",
+                    os.path.join(run_dir, "trajectory.png"))
+    line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
+    print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")
+    best_q = controls["best"]
+    print(f"  evolved individual, first / last quarter: {best_q['first_quarter']:.3f} / {best_q['last_quarter']:.3f}")
+    return {"heldout": controls, "heldout_lifetimes": args.eval_lifetimes}
+
+
+@torch.inference_mode()                          # no autograd anywhere: a GA needs no gradients
+def train(args: Args, log: RunLog) -> dict:
+    """The GA: args.generations generations of evaluation, logging (one row per generation), the
+    generation's best saved to best/, selection and mutation; then the held-out controls and the plots
+    in log.run_dir. Returns the summary; its status says why a run stopped early."""
+    torch.set_num_threads(args.torch_threads)
     device = pick_device(args.cuda)
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": "step"})
+    run_dir = log.run_dir
+    os.makedirs(os.path.join(run_dir, "best"))
+    rss_start = current_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    ga_gen = torch.Generator(device=device).manual_seed(args.seed)
+    P, K = args.population_size, args.evals_per_gen
+    pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device) * args.init_std
+    rows, status, best_ever = [], "ok", (-math.inf, -1)
+    ind_steps = P * K * args.steps
+    start_time, eval_time, eval_cpu = time.time(), 0.0, 0.0
+    for g in range(args.generations):
+        c0 = time.process_time()
+        fitness, order, row = evaluate_generation(args, pop, g, device)
+        eval_time, eval_cpu = eval_time + row["time/generation_s"], eval_cpu + time.process_time() - c0
+        rows.append({"generation": g, **row})
+        log.log(g, row)
+        best, n_nan = row["fitness/best"], row["fitness/nan_count"]
+        save_best(args, run_dir, g, best, pop[order[0]])
+        if best > best_ever[0]:
+            best_ever = (best, g)
+        print(f"gen {g:4d}  best {best:9.3f}  elite {row['fitness/elite_mean']:9.3f}  mean {row['fitness/mean']:9.3f}  "
+              f"nan {n_nan}  {row['time/individual_steps_per_s']:,.0f} individual-steps/s", flush=True)
+        if n_nan == P:
+            status = f"every individual had a non-finite fitness at generation {g}"
+            break
+        if g + 1 < args.generations:
+            pop, _ = next_generation(pop, fitness, args.num_survivors, args.num_elites, args.mutation_probability,
+                                     args.mutation_strength, args.crossover_rate, ga_gen, args.elitism)
+
+    summary = {"status": status, "env": args.env, "evolve": args.evolve, "rule": args.rule, "seed": args.seed,
+               "food_layout": args.food_layout, "population_size": P, "genome_size": args.genome_size,
+               "generations_done": len(rows), "wall_time_s": time.time() - start_time,
+               "individual_steps_per_s": ind_steps * len(rows) / max(eval_time, 1e-9),
+               "individual_steps_per_cpu_s": ind_steps * len(rows) / max(eval_cpu, 1e-9),
+               "rss_start_mb": rss_start, "peak_rss_mb": peak_rss_mb(),
+               "peak_rss_above_start_mb": peak_rss_mb() - rss_start}
+    summary["bytes_per_individual"] = summary["peak_rss_above_start_mb"] * 2**20 / (P * K)
+    if device.type == "cuda":
+        summary["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if rows:
+        last = rows[-1]
+        summary.update({"final_best_fitness": last["fitness/best"], "final_elite_mean": last["fitness/elite_mean"],
+                        "final_mean_fitness": last["fitness/mean"], "first_best_fitness": rows[0]["fitness/best"],
+                        "best_fitness_ever": best_ever[0], "best_generation": best_ever[1]})
+        what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
+        plot_fitness(rows, f"{log.run_name}\n{args.env}, evolving the {what}", os.path.join(run_dir, "fitness.png"))
+    if status == "ok":
+        summary.update(final_controls(args, pop[order[0]], len(rows), run_dir, device))
+        bad = [name for name, q in summary["heldout"].items() if not math.isfinite(q["return"])]
+        if bad:
+            summary["status"] = f"non-finite held-out return ({', '.join(bad)})"
+    print(f"{log.run_name}: final best {summary.get('final_best_fitness')}, {summary['individual_steps_per_s']:,.0f} "
+          f"individual-steps/s, {summary['wall_time_s']:.1f} s -> {run_dir}")
+    return summary
+
+
+@torch.inference_mode()
+def show(args: Args, log: RunLog) -> dict:
+    """--show: replay a saved individual for one lifetime (layout from --seed and --food-layout; its
+    structure was taken from the file by finalize_args): show.gif and trajectory.png in log.run_dir."""
+    torch.set_num_threads(args.torch_threads)
+    saved = load_saved_individual(args.show)
+    device = pick_device(args.cuda)
     genome = torch.tensor(saved["genome"], dtype=torch.float32, device=device)[None]
-    with torch.inference_mode():
-        res = run_lifetimes(args, genome, 1, lifetime_generator(args.seed, -1, device), device, record=True)
+    res = run_lifetimes(args, genome, 1, lifetime_generator(args.seed, -1, device), device, record=True)
     frames = res["frames"]
     what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
     title = f"{os.path.basename(args.show)} ({args.env}, {what})"
-    write_gif(args.env, frames, args.gif_stride, os.path.join(run_dir, "show.gif"))
-    plot_trajectory(args.env, frames, title, os.path.join(run_dir, "trajectory.png"))
+    write_gif(args.env, frames, args.gif_stride, os.path.join(log.run_dir, "show.gif"))
+    plot_trajectory(args.env, frames, title, os.path.join(log.run_dir, "trajectory.png"))
     summary = {"status": "ok", "show": args.show, "saved_fitness": saved["fitness"], **quarter_stats(res)}
     if args.env == "foodworld":
         summary["foods_eaten"] = int(frames[-1, 4])
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    print(f"{run_name}: return {summary['return']:.3f} -> {run_dir}/show.gif")
+    if not math.isfinite(summary["return"]):
+        summary["status"] = "non-finite return of the replayed lifetime"
+    print(f"{log.run_name}: return {summary['return']:.3f} -> {log.run_dir}/show.gif")
+    return summary
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
-    try:
-        finalize_args(args)
-    except ValueError as e:
-        sys.exit(f"ga_learning_rule.py: error: {e}")
-    torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
-    if args.show is not None:
-        show(args)
-        sys.exit(0)
-    device = pick_device(args.cuda)
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    log = RunLog(args, run_name, run_dir, x_axis="generation")
-    os.makedirs(os.path.join(run_dir, "best"))
-    with torch.inference_mode():                # no autograd anywhere: a GA needs no gradients
-        rss_start = current_rss_mb()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        ga_gen = torch.Generator(device=device).manual_seed(args.seed)
-        P, K = args.population_size, args.evals_per_gen
-        pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device) * args.init_std
-        rows, status, best_ever = [], "ok", (-math.inf, None, -1)
-        ind_steps = P * K * args.steps
-        start_time, eval_time, eval_cpu = time.time(), 0.0, 0.0
-        for g in range(args.generations):
-            t0, c0 = time.time(), time.process_time()
-            res = run_lifetimes(args, pop, K, lifetime_generator(args.seed, g, device), device)
-            fitness, n_bad = sanitize_fitness(aggregate_fitness(res["returns"], args.fitness_agg))
-            order = torch.sort(fitness, descending=True, stable=True).indices
-            elites = order[:max(args.num_elites, 1)]
-            top = order[0]
-            stats = torch.stack([fitness[top], fitness[torch.isfinite(fitness)].mean(), fitness[elites].mean(),
-                                 fitness[torch.isfinite(fitness)].median(), n_bad.float(),
-                                 res["quarters"][top, :, 0].mean(), res["quarters"][top, :, 3].mean(),
-                                 res["saturated"].mean()]).tolist()             # the one host sync per generation
-            dt_gen, cpu_gen = time.time() - t0, time.process_time() - c0
-            eval_time, eval_cpu = eval_time + dt_gen, eval_cpu + cpu_gen
-            best, mean, elite, median, n_nan, q1, q4, sat = stats
-            row = {"fitness/best": best, "fitness/mean": mean, "fitness/elite_mean": elite, "fitness/median": median,
-                   "fitness/nan_count": int(n_nan), "fitness/best_first_quarter": q1, "fitness/best_last_quarter": q4,
-                   "diag/saturated_action_frac": sat, "time/individual_steps_per_s": ind_steps / dt_gen,
-                   "time/individual_steps_per_cpu_s": ind_steps / max(cpu_gen, 1e-9), "time/generation_s": dt_gen}
-            rows.append({"generation": g, **row})
-            log.log(g, row)
-            genome = pop[top].clone()
-            write_json(os.path.join(run_dir, "best", f"gen{g:04d}.json"),
-                       {"generation": g, "fitness": best, "genome": genome.tolist(), "args": vars(args)})
-            if best > best_ever[0]:
-                best_ever = (best, genome, g)
-            print(f"gen {g:4d}  best {best:9.3f}  elite {elite:9.3f}  mean {mean:9.3f}  nan {int(n_nan)}  "
-                  f"{ind_steps / dt_gen:,.0f} individual-steps/s", flush=True)
-            if n_nan == P:
-                status = f"every individual had a non-finite fitness at generation {g}"
-                break
-            if g + 1 < args.generations:
-                pop, _ = next_generation(pop, fitness, args.num_survivors, args.num_elites, args.mutation_probability,
-                                         args.mutation_strength, args.crossover_rate, ga_gen, args.elitism)
-
-        summary = {"status": status, "env": args.env, "evolve": args.evolve, "rule": args.rule, "seed": args.seed,
-                   "food_layout": args.food_layout, "population_size": P, "genome_size": args.genome_size,
-                   "generations_done": len(rows), "wall_time_s": time.time() - start_time,
-                   "individual_steps_per_s": ind_steps * len(rows) / max(eval_time, 1e-9),
-                   "individual_steps_per_cpu_s": ind_steps * len(rows) / max(eval_cpu, 1e-9),
-                   "rss_start_mb": rss_start, "peak_rss_mb": peak_rss_mb(),
-                   "peak_rss_above_start_mb": peak_rss_mb() - rss_start}
-        summary["bytes_per_individual"] = summary["peak_rss_above_start_mb"] * 2**20 / (P * K)
-        if device.type == "cuda":
-            summary["cuda_max_memory_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        if rows:
-            last = rows[-1]
-            summary.update({"final_best_fitness": last["fitness/best"], "final_elite_mean": last["fitness/elite_mean"],
-                            "final_mean_fitness": last["fitness/mean"], "first_best_fitness": rows[0]["fitness/best"],
-                            "best_fitness_ever": best_ever[0], "best_generation": best_ever[2]})
-            what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
-            plot_fitness(rows, f"{run_name}\n{args.env}, evolving the {what}", os.path.join(run_dir, "fitness.png"))
-        if status == "ok":
-            # the final generation's best (re-evaluated elite), on unseen layouts, with the controls
-            final_best = pop[order[0]]
-            controls = heldout_controls(args, final_best, device)
-            summary["heldout"] = controls
-            summary["heldout_lifetimes"] = args.eval_lifetimes
-            rec = run_lifetimes(dataclasses.replace(args, food_layout="random"), final_best[None], 1,
-                                lifetime_generator(args.seed, -1, device), device, record=True)
-            plot_trajectory(args.env, rec["frames"], f"best of generation {len(rows) - 1}, unseen layout",
-                            os.path.join(run_dir, "trajectory.png"))
-            line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
-            print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")
-            best_q = controls["best"]
-            print(f"  evolved individual, first / last quarter: {best_q['first_quarter']:.3f} / {best_q['last_quarter']:.3f}")
-    log.summary(summary)
-    log.close()
-    print(f"{run_name}: final best {summary.get('final_best_fitness')}, {summary['individual_steps_per_s']:,.0f} "
-          f"individual-steps/s, {summary['wall_time_s']:.1f} s -> {run_dir}")
-    if status != "ok":
-        sys.exit(f"ga_learning_rule.py: stopped: {status}; metrics so far are in {run_dir}/metrics.jsonl")
+    args = parse_args("ga_learning_rule.py", Args, finalize_args)
+    if args.show is not None:                    # a replay: its own run folder, x-axis the lifetime's step
+        sys.exit(run_experiment("ga_learning_rule.py", args, show, x_axis="step"))
+    sys.exit(run_experiment("ga_learning_rule.py", args, train, x_axis="generation"))

@@ -1,15 +1,19 @@
 """ga_learning_rule.py: oracle tests of the environments, the two rule families and the GA operators;
-subprocess smoke tests of every branch, determinism, bad input, the NaN guard and a short learning run."""
+in-process runs of every branch (train, show), bad input, the NaN guard and a short learning run; two
+subprocess runs for the real command line (a smoke run with W&B offline, a refused input)."""
 
 import dataclasses
 import json
 import math
+import os
+import signal
+import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import read_json, read_metrics
+from conftest import assert_bad_input, parse_in_process, read_json, read_metrics, run_in_process
 
 import ga_learning_rule as M
 
@@ -357,21 +361,31 @@ def test_hand_controller_eats_and_quarters_add_up():
 
 
 # ------------------------------------------------------------------------------------------------
-# Smoke runs (subprocess, temporary directory)
+# Runs: in process (train and show through run_experiment), one subprocess for the command line
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("extra", [
-    ("--rule", "mpnn", "--food-layout", "fixed", "--crossover-rate", "0.5", "--fitness-agg", "min",
-     "--observe-count", "False"),
-    ("--env", "double_pendulum", "--actor-shape", "6", "4", "1", "--rule", "abcd"),
-    ("--env", "pendulum", "--actor-shape", "3", "4", "1", "--evolve", "actor", "--sigma-limit", "0.5",
-     "--sigma-init", "0.1", "--elitism", "original"),
-    ("--env", "cartpole", "--actor-shape", "4", "4", "1", "--sigma-limit", "0.3"),
-])
-def test_smoke_run_writes_every_output(run, extra):
-    proc, run_dir = run(SCRIPT, *TINY, *extra)
-    assert proc.returncode == 0, proc.stderr
-    config = read_json(run_dir / "config.json")
-    assert config["x_axis"] == "generation" and config["argv"][1:] == [*TINY, *extra]
+def train_in_process(tmp_path, *argv):
+    """(exit status, run folder) of train through run_experiment, in a fresh folder under tmp_path."""
+    cwd = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    cwd.mkdir()
+    return run_in_process(M, SCRIPT, "generation", cwd, *argv)
+
+
+def show_in_process(tmp_path, *argv):
+    """(exit status, run folder) of --show: parse, then run_experiment with show as the stage."""
+    cwd = tmp_path / f"show{len(list(tmp_path.iterdir()))}"
+    cwd.mkdir()
+    saved = os.getcwd()
+    os.chdir(cwd)
+    try:
+        args = parse_in_process(M, SCRIPT, *argv)
+        code = M.run_experiment(SCRIPT, args, M.show, "step", root=str(cwd / "runs"))
+    finally:
+        os.chdir(saved)
+    (run_dir,) = (cwd / "runs").iterdir()
+    return code, run_dir
+
+
+def check_outputs(run_dir, extra):
     rows = read_metrics(run_dir)
     assert [r["generation"] for r in rows] == [0, 1]
     for key in ("fitness/best", "fitness/mean", "fitness/elite_mean", "fitness/nan_count",
@@ -380,6 +394,7 @@ def test_smoke_run_writes_every_output(run, extra):
     assert all(r["fitness/best"] >= r["fitness/elite_mean"] >= r["fitness/mean"] - 1e-6 for r in rows)
     summary = read_json(run_dir / "summary.json")
     assert summary["status"] == "ok" and summary["generations_done"] == 2
+    assert summary["last_generation"] == 1 and summary["rows_logged"] == 2
     controls = summary["heldout"]
     assert "best" in controls and "zero_action" in controls
     assert ("random_rule" in controls) == ("actor" not in extra)
@@ -389,76 +404,279 @@ def test_smoke_run_writes_every_output(run, extra):
     assert len(saved["genome"]) == summary["genome_size"] == saved["args"]["genome_size"]
     for png in ("fitness.png", "trajectory.png"):
         assert (run_dir / png).stat().st_size > 1000
+    return rows, summary
 
 
-def test_show_replays_a_saved_individual_as_a_gif(run, tmp_path):
-    args = make_args(rule="abcd")
-    genome = torch.randn(args.genome_size, generator=torch.Generator().manual_seed(0))
-    saved = tmp_path / "gen0007.json"
-    saved.write_text(json.dumps({"generation": 7, "fitness": 1.5, "genome": genome.tolist(), "args": vars(args)}))
-    proc, show_dir = run(SCRIPT, "--show", str(saved), "--steps", "12", "--gif-stride", "3", "--rule", "mpnn")
-    assert proc.returncode == 0, proc.stderr
-    gif = (show_dir / "show.gif").read_bytes()
-    assert gif[:6] in (b"GIF89a", b"GIF87a") and len(gif) > 1000
-    assert (show_dir / "trajectory.png").stat().st_size > 1000
-    assert read_json(show_dir / "config.json")["args"]["rule"] == "abcd"   # structure comes from the file
-    summary = read_json(show_dir / "summary.json")
-    expected = M.run_lifetimes(dataclasses.replace(args, steps=12), genome[None], 1, M.lifetime_generator(1, -1, CPU), CPU)
-    assert summary["return"] == pytest.approx(expected["returns"].item(), abs=1e-5)
-    assert summary["saved_fitness"] == 1.5 and "foods_eaten" in summary
+@pytest.mark.parametrize("extra", [
+    ("--rule", "mpnn", "--food-layout", "fixed", "--crossover-rate", "0.5", "--fitness-agg", "min",
+     "--observe-count", "False"),
+    ("--env", "double_pendulum", "--actor-shape", "6", "4", "1", "--rule", "abcd"),
+    ("--env", "pendulum", "--actor-shape", "3", "4", "1", "--evolve", "actor", "--sigma-limit", "0.5",
+     "--sigma-init", "0.1", "--elitism", "original"),
+    ("--env", "cartpole", "--actor-shape", "4", "4", "1", "--sigma-limit", "0.3"),
+])
+def test_run_writes_every_output(tmp_path, extra):
+    code, run_dir = train_in_process(tmp_path, *TINY, *extra)
+    assert code == 0
+    config = read_json(run_dir / "config.json")
+    assert config["x_axis"] == "generation" and config["args"]["population_size"] == 8
+    check_outputs(run_dir, extra)
 
 
-def test_same_seed_same_numbers_and_track_offline(run):
+def test_command_line_run_with_track_offline_matches_in_process(run, tmp_path):
+    """The real CLI path (subprocess, W&B offline) gives the numbers of the same run in process."""
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
-    _, a = run(SCRIPT, *TINY, "--track", "True", "--wandb-project-name", "test")
-    _, b = run(SCRIPT, *TINY)
+    proc, a = run(SCRIPT, *TINY, "--track", "True", "--wandb-project-name", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert read_json(a / "config.json")["argv"][1:] == [*TINY, "--track", "True", "--wandb-project-name", "test"]
+    check_outputs(a, ())
+    _, b = train_in_process(tmp_path, *TINY)
     assert strip(read_metrics(a)) == strip(read_metrics(b))
     assert read_json(a / "summary.json")["heldout"] == read_json(b / "summary.json")["heldout"]
     offline = list((a / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb"))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"actor_shape": [6, 8, 2]}, "must start with 7"),
-    ({"env": "pendulum"}, "must start with 3 (observation) and end with 1"),
-    ({"num_survivors": 2000}, "--num-survivors 2000 exceeds --population-size 1000"),
-    ({"env": "pong"}, "unknown --env 'pong'"),
-    ({"rule": "backprop"}, "unknown --rule 'backprop'"),
-    ({"evolve": "critic"}, "unknown --evolve 'critic'"),
-    ({"mutation_probability": 1.5}, "must lie in [0, 1]"),
-    ({"num_elites": 200}, "--num-elites must lie in [0, --num-survivors = 100]"),
-    ({"show": "missing.json"}, "is not a file"),
-])
-def test_finalize_args_rejects_bad_input(kwargs, message):
-    with pytest.raises(ValueError) as err:
-        M.finalize_args(M.Args(**kwargs))
-    assert message in str(err.value) and "\n" not in str(err.value)
+def saved_individual(path, genome=None, **kw) -> dict:
+    """Write a best/genNNNN.json like a run does (random genome unless given); returns its content."""
+    args = make_args(**kw)
+    if genome is None:
+        genome = torch.randn(args.genome_size, generator=torch.Generator().manual_seed(0)).tolist()
+    saved = {"generation": 7, "fitness": 1.5, "genome": genome, "args": vars(args)}
+    path.write_text(json.dumps(saved))
+    return saved
 
 
-def test_bad_input_fails_fast_with_one_line(run):
-    """The CLI turns finalize_args' ValueError into one line on stderr, before any run folder exists."""
-    proc, run_dir = run(SCRIPT, "--num-survivors", "2000")
-    assert proc.returncode != 0 and run_dir is None
-    assert "exceeds --population-size" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_show_replays_a_saved_individual_as_a_gif(tmp_path):
+    saved = saved_individual(tmp_path / "gen0007.json", rule="abcd")
+    code, show_dir = show_in_process(tmp_path, "--show", str(tmp_path / "gen0007.json"), "--steps", "12",
+                                     "--gif-stride", "3", "--rule", "mpnn")
+    assert code == 0
+    gif = (show_dir / "show.gif").read_bytes()
+    assert gif[:6] in (b"GIF89a", b"GIF87a") and len(gif) > 1000
+    assert (show_dir / "trajectory.png").stat().st_size > 1000
+    config = read_json(show_dir / "config.json")
+    assert config["args"]["rule"] == "abcd" and config["x_axis"] == "step"    # structure comes from the file
+    summary = read_json(show_dir / "summary.json")
+    args = dataclasses.replace(make_args(rule="abcd"), steps=12)
+    expected = M.run_lifetimes(args, torch.tensor(saved["genome"])[None], 1, M.lifetime_generator(1, -1, CPU), CPU)
+    assert summary["return"] == pytest.approx(expected["returns"].item(), abs=1e-5)
+    assert summary["status"] == "ok" and summary["saved_fitness"] == 1.5 and "foods_eaten" in summary
 
 
-def test_nan_fitness_is_counted_and_an_all_nan_population_stops(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--generations", "3", "--mutation-strength", "inf")
-    assert proc.returncode == 0, proc.stderr
-    rows = read_metrics(run_dir)
-    assert rows[0]["fitness/nan_count"] == 0 and rows[-1]["fitness/nan_count"] > 0
-    assert all(math.isfinite(r["fitness/best"]) for r in rows)       # the unmutated elite keeps it finite
-    proc, run_dir = run(SCRIPT, *TINY, "--init-std", "inf")
-    assert proc.returncode != 0 and "non-finite fitness" in proc.stderr
-    assert read_metrics(run_dir)[0]["fitness/nan_count"] == 8
-    assert read_json(run_dir / "summary.json")["status"].startswith("every individual")
+def test_show_interrupted_keeps_its_summary(tmp_path, monkeypatch, capsys):
+    saved_individual(tmp_path / "gen0007.json")
+
+    def killed(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        raise AssertionError("the signal did not interrupt the replay")
+
+    monkeypatch.setattr(M, "write_gif", killed)
+    code, show_dir = show_in_process(tmp_path, "--show", str(tmp_path / "gen0007.json"), "--steps", "8")
+    assert code == 143 and "interrupted by SIGTERM" in capsys.readouterr().err
+    summary = read_json(show_dir / "summary.json")
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
 
 
-def test_evolving_the_actor_improves_fitness(run):
-    proc, run_dir = run(SCRIPT, "--evolve", "actor", "--population-size", "200", "--num-survivors", "20",
-                        "--num-elites", "2", "--generations", "12", "--steps", "100", "--food-layout", "fixed",
-                        "--evals-per-gen", "1", "--mutation-probability", "1.0", "--eval-lifetimes", "4")
-    assert proc.returncode == 0, proc.stderr
+def test_evolving_the_actor_improves_fitness(tmp_path):
+    code, run_dir = train_in_process(tmp_path, "--evolve", "actor", "--population-size", "200", "--num-survivors",
+                                     "20", "--num-elites", "2", "--generations", "12", "--steps", "100",
+                                     "--food-layout", "fixed", "--evals-per-gen", "1", "--mutation-probability", "1.0",
+                                     "--eval-lifetimes", "4")
+    assert code == 0
     rows = read_metrics(run_dir)
     assert rows[-1]["fitness/mean"] > rows[0]["fitness/mean"] + 1.0
     assert rows[-1]["fitness/best"] > rows[0]["fitness/best"] + 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN: counted as the worst fitness; a population that is all NaN stops with its rows kept
+# ------------------------------------------------------------------------------------------------
+def test_some_nan_fitness_is_counted_and_the_run_goes_on(tmp_path, monkeypatch):
+    real = M.aggregate_fitness
+    calls = {"n": 0}
+
+    def half_nan(returns, how):                # from generation 1 on, the last half of the population is NaN
+        out = real(returns, how)
+        calls["n"] += 1
+        if calls["n"] > 1 and out.shape[0] == 8:
+            out[4:] = float("nan")
+        return out
+
+    monkeypatch.setattr(M, "aggregate_fitness", half_nan)
+    code, run_dir = train_in_process(tmp_path, *TINY, "--generations", "3")
+    assert code == 0
+    rows = read_metrics(run_dir)
+    assert [r["fitness/nan_count"] for r in rows] == [0, 4, 4]
+    assert all(math.isfinite(r["fitness/best"]) and math.isfinite(r["fitness/mean"]) for r in rows)
+
+
+def test_nan_rule_state_stops_with_every_finished_row_kept(tmp_path, monkeypatch, capsys):
+    """NaN in the rule's recurrent cells from generation 1 on: weights, actions, rewards and every
+    fitness become NaN; the run stops after logging that generation, and every file is strict JSON."""
+    real_cell, real_eval = M.recurrent_cell, M.evaluate_generation
+    poison = {"on": False}
+
+    def evaluate(args, pop, g, device):
+        poison["on"] = g >= 1
+        return real_eval(args, pop, g, device)
+
+    def cell(*a):
+        out, s = real_cell(*a)
+        return (out * float("nan"), s) if poison["on"] else (out, s)
+
+    monkeypatch.setattr(M, "evaluate_generation", evaluate)
+    monkeypatch.setattr(M, "recurrent_cell", cell)
+    code, run_dir = train_in_process(tmp_path, *TINY, "--generations", "4")
+    assert code == 1 and "stopped: every individual had a non-finite fitness at generation 1" in capsys.readouterr().err
+    rows = read_metrics(run_dir)
+    assert [r["generation"] for r in rows] == [0, 1]
+    assert rows[0]["fitness/nan_count"] == 0 and math.isfinite(rows[0]["fitness/best"])
+    assert rows[1]["fitness/nan_count"] == 8 and rows[1]["fitness/best"] is None and rows[1]["fitness/mean"] is None
+    text = (run_dir / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    summary = json.loads(text)
+    assert summary["status"].startswith("every individual") and "heldout" not in summary
+    assert summary["last_generation"] == 1 and summary["rows_logged"] == 2 and summary["generations_done"] == 2
+    assert read_json(run_dir / "best" / "gen0001.json")["fitness"] is None
+    assert (run_dir / "fitness.png").exists()
+
+
+def test_non_finite_heldout_return_is_a_non_ok_status(tmp_path, monkeypatch):
+    real = M.heldout_controls
+
+    def nan_best(*a, **kw):
+        out = real(*a, **kw)
+        out["best"]["return"] = float("nan")
+        return out
+
+    monkeypatch.setattr(M, "heldout_controls", nan_best)
+    code, run_dir = train_in_process(tmp_path, *TINY)
+    summary = read_json(run_dir / "summary.json")
+    assert code == 1 and summary["status"] == "non-finite held-out return (best)"
+    assert summary["heldout"]["best"]["return"] is None and len(read_metrics(run_dir)) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line, exit status 2, no run folder
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (("--actor-shape", "6", "8", "2"), "must start with 7"),
+    (("--actor-shape", "7"), "--actor-shape needs at least two positive sizes"),
+    (("--actor-shape", "7", "0", "2"), "--actor-shape needs at least two positive sizes"),
+    (("--env", "pendulum"), "must start with 3 (observation) and end with 1"),
+    (("--env", "pong"), "unknown --env 'pong'"),
+    (("--rule", "backprop"), "unknown --rule 'backprop'"),
+    (("--evolve", "critic"), "unknown --evolve 'critic'"),
+    (("--food-layout", "spiral"), "unknown --food-layout 'spiral'"),
+    (("--elitism", "none"), "unknown --elitism 'none'"),
+    (("--fitness-agg", "max"), "unknown --fitness-agg 'max'"),
+    (("--population-size", "0"), "--population-size must be positive"),
+    (("--num-survivors", "0"), "--num-survivors must be positive"),
+    (("--num-survivors", "2000"), "--num-survivors 2000 exceeds --population-size 1000"),
+    (("--num-elites", "200"), "--num-elites must lie in [0, --num-survivors = 100]"),
+    (("--num-elites", "-1"), "--num-elites must lie in [0, --num-survivors = 100]"),
+    (("--generations", "0"), "--generations must be positive"),
+    (("--evals-per-gen", "0"), "--evals-per-gen must be positive"),
+    (("--steps", "-5"), "--steps must be positive"),
+    (("--eval-lifetimes", "0"), "--eval-lifetimes must be positive"),
+    (("--signal-dim", "0"), "--signal-dim must be positive"),
+    (("--state-dim", "-1"), "--state-dim must be positive"),
+    (("--torch-threads", "0"), "--torch-threads must be positive"),
+    (("--gif-stride", "0"), "--gif-stride must be positive"),
+    (("--seed", "-1"), "--seed must lie in [0, 2**32 - 1]"),
+    (("--mutation-probability", "1.5"), "--mutation-probability must lie in [0, 1]"),
+    (("--mutation-probability", "nan"), "--mutation-probability must lie in [0, 1]"),
+    (("--crossover-rate", "-0.1"), "--crossover-rate must lie in [0, 1]"),
+    (("--mutation-strength", "-0.1"), "--mutation-strength must be a finite number >= 0"),
+    (("--mutation-strength", "inf"), "--mutation-strength must be a finite number >= 0"),
+    (("--init-std", "nan"), "--init-std must be a finite number >= 0"),
+    (("--weight-limit", "0"), "--weight-limit must be a finite number > 0"),
+    (("--rule-lr", "0"), "--rule-lr must be a finite number > 0"),
+    (("--rule-lr", "-0.01"), "--rule-lr must be a finite number > 0"),
+    (("--dt", "0"), "--dt must be a finite number > 0"),
+    (("--damping", "-0.1"), "--damping must be a finite number >= 0"),
+    (("--weight-init", "-1"), "--weight-init must be a finite number >= 0"),
+    (("--sigma-limit", "inf"), "--sigma-limit must be a finite number >= 0"),
+    (("--sigma-init", "0.5"), "--sigma-init 0.5 exceeds --sigma-limit 0.0"),
+    (("--population-size", "100000000"), "a population of 100000000 x 2 lifetimes (genome 123) needs about"),
+    (("--actor-shape", "7", "200000", "2", "--population-size", "100000", "--num-survivors", "10"), "GiB"),
+    (("--eval-lifetimes", "100000"), "the held-out random-rule control"),
+    (("--show", "missing.json"), "is not a file"),
+    (("--show", "."), "is not a file"),
+    (("--population-size", "abc"), None),                            # tyro's parse box
+    (("--no-such-flag", "1"), None),
+])
+def test_bad_input_fails_fast_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    assert_bad_input(M, SCRIPT, argv, message, capsys, tmp_path, monkeypatch)
+
+
+def _edit(saved, **changes):
+    out = json.loads(json.dumps(saved))
+    for key, value in changes.items():
+        if key.startswith("args_"):
+            out["args"][key[5:]] = value
+        elif value is _DELETE:
+            del out[key]
+        else:
+            out[key] = value
+    return json.dumps(out)
+
+
+_DELETE = object()
+_GOOD = {"generation": 3, "fitness": 0.5, "genome": [0.1] * 123, "args": vars(make_args())}
+_NO_RULE = json.loads(json.dumps(_GOOD))
+del _NO_RULE["args"]["rule"]
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    ("", (), "is not valid JSON"),
+    ('{"genome": [1, 2', (), "is not valid JSON"),                  # truncated
+    ("\xff\xfe{}", (), "is not valid JSON"),
+    ("[1, 2, 3]", (), "is not a saved individual"),
+    ('{"genome": [1.0], "fitness": 1.0}', (), "is not a saved individual"),
+    (_edit(_GOOD, genome=_DELETE), (), "lacks genome"),
+    (_edit(_GOOD, fitness=_DELETE), (), "lacks fitness"),
+    (json.dumps(_NO_RULE), (), "lacks args.rule"),
+    (_edit(_GOOD, genome=[0.1] * 122), (), "its genome has 122 numbers, but its arguments"),
+    (_edit(_GOOD, genome=[0.1] * 124), (), "need 123"),
+    (_edit(_GOOD, args_rule="abcd"), (), "its genome has 123 numbers, but its arguments (foodworld, rule abcd"),
+    (_edit(_GOOD, genome=[]), (), "genome must be a non-empty list of numbers"),
+    (_edit(_GOOD, genome="0.1 0.2"), (), "genome must be a non-empty list of numbers"),
+    (_edit(_GOOD, genome=[0.1] * 122 + ["x"]), (), "genome[122] = 'x' is not a finite number"),
+    (_edit(_GOOD, genome=[0.1] * 122 + [None]), (), "genome[122] = None is not a finite number"),
+    (_edit(_GOOD).replace("0.1]", "NaN]"), (), "genome[122] = nan is not a finite number"),
+    (_edit(_GOOD, fitness="high"), (), "fitness = 'high' is not a number or null"),
+    (_edit(_GOOD, args_actor_shape="7 8 8 2"), (), "args.actor_shape = '7 8 8 2' is not a list"),
+    (_edit(_GOOD, args_signal_dim=1.5), (), "args.signal_dim = 1.5 is not a int"),
+    (_edit(_GOOD, args_observe_count=1), (), "args.observe_count = 1 is not a bool"),
+    (_edit(_GOOD, args_actor_shape=[6, 8, 2]), (), "holds arguments this script refuses: --actor-shape [6, 8, 2]"),
+    (_edit(_GOOD, args_rule_lr=-1), (), "holds arguments this script refuses: --rule-lr must be"),
+    (_edit(_GOOD, args_env="pong"), (), "holds arguments this script refuses: unknown --env 'pong'"),
+    (_edit(_GOOD), ("--steps", "10", "--gif-stride", "20"), "--gif-stride 20 exceeds --steps 10"),
+    (_edit(_GOOD), ("--steps", "100000", "--gif-stride", "1"), "a GIF of 100000 frames"),
+])
+def test_bad_show_file_fails_fast_with_one_line(content, extra, message, capsys, tmp_path, monkeypatch):
+    path = tmp_path / "saved.json"
+    path.write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
+    assert_bad_input(M, SCRIPT, ("--show", str(path), *extra), message, capsys, tmp_path, monkeypatch)
+
+
+def test_a_good_show_file_passes_the_checks(tmp_path, monkeypatch):
+    (tmp_path / "saved.json").write_text(_edit(_GOOD))
+    monkeypatch.chdir(tmp_path)
+    args = parse_in_process(M, SCRIPT, "--show", "saved.json", "--rule", "abcd", "--weight-limit", "2")
+    assert args.rule == "mpnn" and args.weight_limit == 4.0 and args.genome_size == 123   # from the file
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_input_in_a_subprocess_leaves_no_folder(run, tmp_path):
+    proc, run_dir = run(SCRIPT, "--num-survivors", "2000")
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "ga_learning_rule.py: error: --num-survivors 2000 exceeds --population-size 1000"
+    (tmp_path / "bad.json").write_text('{"genome": [0.1, 0.2')
+    proc, run_dir = run(SCRIPT, "--show", str(tmp_path / "bad.json"))
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("ga_learning_rule.py: error: --show") and "is not valid JSON" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
