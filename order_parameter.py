@@ -62,6 +62,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -159,19 +160,41 @@ def finalize_args(args: Args) -> Args:
     """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
     if not args.env_sizes or not args.hidden_dims:
         raise ValueError("--env-sizes and --hidden-dims need at least one value each")
+    for name in ("env_sizes", "hidden_dims"):
+        values = list(getattr(args, name))
+        if len(set(values)) < len(values):      # two members would share a name and a metrics key
+            raise ValueError(f"--{name.replace('_', '-')} has a repeated value: {values}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
+    for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "prefill", "grad_steps",
+                 "target_every", "order_every", "num_probe_states", "final_window", "bootstrap", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if min(args.hidden_dims) <= 0:
+        raise ValueError(f"--hidden-dims must be positive, got {list(args.hidden_dims)}")
     if args.env == "corridor":
         if min(args.env_sizes) < 2:
             raise ValueError(f"corridor sizes must be >= 2 (start != goal), got {list(args.env_sizes)}")
+        if max(args.env_sizes) - 1 > args.max_steps:
+            raise ValueError(f"corridor size {max(args.env_sizes)} needs {max(args.env_sizes) - 1} steps to reach "
+                             f"the goal, more than --max-steps {args.max_steps}")
+        obs_dim, n_actions = Corridor.obs_dim, Corridor.n_actions
     else:
         check_gym_env(args.env)
         if len(args.env_sizes) != 1:
             raise ValueError(f"--env {args.env} has no size axis; pass a single --env-sizes value (e.g. 0)")
-    if min(args.hidden_dims) <= 0:
-        raise ValueError(f"--hidden-dims must be positive, got {list(args.hidden_dims)}")
-    for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "grad_steps",
-                 "target_every", "order_every", "num_probe_states", "final_window", "bootstrap", "torch_threads"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        env = gym.make(args.env)
+        obs_dim, n_actions = int(np.prod(env.observation_space.shape)), int(env.action_space.n)
+        env.close()
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    for name in ("discount", "eps_start", "eps_end"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    if not 0.0 < args.eps_decay <= 1.0:
+        raise ValueError(f"--eps-decay is a per-episode factor and must lie in (0, 1], got {args.eps_decay}")
+    if args.eps_end > args.eps_start:
+        raise ValueError(f"--eps-end {args.eps_end} exceeds --eps-start {args.eps_start}")
     if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
         raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
                          f"{args.buffer_size}")
@@ -180,9 +203,32 @@ def finalize_args(args: Args) -> Args:
                          "(gymnasium probe states are pre-fill observations)")
     if args.final_window > args.episodes:
         raise ValueError(f"--final-window {args.final_window} exceeds --episodes {args.episodes}")
+    if args.order_every >= args.episodes:
+        raise ValueError(f"--order-every {args.order_every} leaves one checkpoint (episode 0) in --episodes "
+                         f"{args.episodes}; the analysis needs at least two")
     args.num_members = len(args.env_sizes) * len(args.hidden_dims) * args.num_seeds
     args.max_hidden = max(args.hidden_dims)
+    check_memory(memory_estimate(args, obs_dim, n_actions),
+                 f"a sweep of {args.num_members} members (hidden {args.max_hidden}, replay {args.buffer_size} each)",
+                 pick_device(args.cuda))
     return args
+
+
+def memory_estimate(args: Args, obs_dim: int, n_actions: int) -> float:
+    """Bytes of the large allocations, all on one device: the replay buffers (two observations and
+    reward, done in the default float dtype; action, key, next_key int64), the parameters (theta,
+    target, Adam's m and v, the gradient, about three temporaries), the per-episode stores, and the
+    activations of a gradient step and of the order parameters (forward and backward, about six
+    [M, rows, H] tensors each)."""
+    M, H, f = args.num_members, args.max_hidden, torch.get_default_dtype().itemsize
+    P = obs_dim * H + H + H * H + H + H * n_actions + n_actions
+    rows = max(args.batch_size, max(args.env_sizes) if args.env == "corridor" else 0)
+    replay = M * args.buffer_size * ((2 * obs_dim + 2) * f + 3 * 8)
+    params = 10 * M * P * f
+    stores = M * args.episodes * 2 * f + M * (args.episodes // args.order_every + 1) * len(ORDER_PARAMS) * f
+    step = M * rows * (6 * H + 4 * n_actions + 2 * obs_dim) * f + M * args.batch_size * 7 * 8
+    probes = M * args.num_probe_states * (6 * H + 2 * n_actions + 2 * obs_dim) * f
+    return float(replay + params + stores + step + probes)
 
 
 # ==================================================================================================
@@ -574,22 +620,56 @@ def pick_device(cuda: bool) -> torch.device:
 
 
 # >>> copied: run-name
+def check_exp_name(exp_name: str) -> None:
+    """A run folder is always directly under runs/: no path separator, no '..', a length that fits."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or (os.altsep and os.altsep in exp_name) \
+            or os.sep in exp_name or "\0" in exp_name:
+        raise ValueError(f"--exp-name {exp_name!r} must be a plain name (no path separator, not '.' or '..')")
+    if len(exp_name.encode()) > 200:
+        raise ValueError(f"--exp-name is {len(exp_name.encode())} bytes long; at most 200 fit in a folder name")
+
+
 def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
-    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir).
+    A folder that cannot be created is a ValueError with the reason, raised before any work."""
+    check_exp_name(exp_name)
     base = f"{exp_name}__{seed}__{int(time.time())}"
-    for k in range(10_000):
-        run_name = base if k == 0 else f"{base}-{k}"
-        run_dir = os.path.join(root, run_name)
-        try:
-            os.makedirs(run_dir)
-            return run_name, run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder for {base}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for k in range(10_000):
+            run_name = base if k == 0 else f"{base}-{k}"
+            run_dir = os.path.join(root, run_name)
+            try:
+                os.mkdir(run_dir)
+                return run_name, run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise ValueError(f"cannot create a run folder under {os.path.abspath(root)!r}: {e.strerror or e}") from None
+    raise ValueError(f"could not create a fresh run folder for {base}")
 # <<< copied: run-name
 
 
 # >>> copied: wandb-init
+def check_wandb(track: bool) -> None:
+    """--track needs W&B credentials (WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline/disabled."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ValueError("--track=True needs W&B credentials: run `wandb login`, set WANDB_API_KEY, "
+                     "or set WANDB_MODE=offline")
+
+
 def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
     """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
     import wandb
@@ -603,43 +683,168 @@ def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
 
 
 # >>> copied: outputs
-def _to_builtin(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
+def to_json_safe(value):
+    """Builtins for json: numpy/torch scalars and arrays become numbers and lists, NaN/Inf become None
+    (metrics.jsonl and summary.json stay valid JSON); anything else unknown becomes its str."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_to_builtin)
+    """Write obj as strict JSON (no NaN) via a temporary file, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_json_safe(obj), f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
 
 
 class RunLog:
     """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
-    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+    x-axis first, flushed line by line), summary.json; with --track every row and the summary also go
+    to W&B. `last_x` and `rows` say how far the run got (for an interrupted run's summary)."""
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
-        self.run_dir, self.x_axis = run_dir, x_axis
+        self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
+        self.last_x, self.rows = None, 0
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
 
     def log(self, x: int, row: dict) -> None:
-        row = {self.x_axis: x, **row}
-        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        row = to_json_safe({self.x_axis: x, **row})
+        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        self.last_x, self.rows = x, self.rows + 1
         if self.wandb is not None:
             self.wandb.log(row)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            self.wandb.summary.update({k: v for k, v in to_json_safe(summary).items()
+                                       if not isinstance(v, (list, dict))})
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 # <<< copied: outputs
+
+
+# >>> copied: entry
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` swallows it); the run ends with status 'interrupted'."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def fail(script: str, message: str, code: int = 2):
+    """One line on stderr, no traceback, a non-zero exit."""
+    print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_memory(nbytes: float, what: str, device: torch.device) -> None:
+    """Refuse, before any work, buffers that cannot fit: nbytes is the script's estimate of its large
+    allocations on `device` (host RAM from /proc/meminfo, or the GPU's free memory)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            available = info.get("MemAvailable", info["MemTotal"])
+        except (OSError, KeyError, ValueError, IndexError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > 0.8 * available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than 80% of the "
+                         f"{available / 2**30:.3g} GiB available on {device.type}")
+
+
+def parse_args(script: str, args_cls, finalize):
+    """tyro arguments (bool flags as --flag=True/False), then the script's checks finalize(args) and the
+    run-folder and W&B checks; bad input (a ValueError) ends here with one line and exit status 2,
+    before any folder exists."""
+    args = tyro.cli(args_cls, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize(args)
+        check_exp_name(args.exp_name)
+        check_wandb(args.track)
+    except ValueError as e:
+        fail(script, str(e))
+    return args
+
+
+def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") -> int:
+    """Run train(args, log) -> summary dict inside runs/{run_name}/ and return the exit status: 0 for
+    status 'ok'; 1 for any other status train returns (a non-finite loss, say) and for an exception
+    (status 'failed', the traceback in traceback.txt); 130/143 for SIGINT/SIGTERM (status
+    'interrupted', no traceback). Every row logged stays in metrics.jsonl; summary.json is always
+    written, with the last x-axis value reached; a W&B run is finished with the exit status."""
+    import traceback
+
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    log, run_dir, message = None, None, None
+    try:
+        try:
+            run_name, run_dir = make_run_dir(args.exp_name, args.seed, root)
+        except ValueError as e:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            fail(script, str(e))
+        log = RunLog(args, run_name, run_dir, x_axis)
+        seed_everything(args.seed, args.torch_deterministic)
+        summary = train(args, log)
+        code = 0 if summary.get("status") == "ok" else 1
+        if code:
+            message = f"stopped: {summary.get('status')}"
+    except Interrupted as e:
+        code, message = 128 + e.signum, f"interrupted by {e}"
+        summary = {"status": "interrupted", "signal": str(e)}
+    except Exception as e:  # a failed run still gets its summary and status
+        if run_dir is None:
+            raise
+        code, message = 1, f"failed: {type(e).__name__}: {e}"
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(run_dir, "traceback.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    for s in handlers:                                   # a second signal cannot break the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if run_dir is not None:
+            summary = {**summary, f"last_{x_axis}": None if log is None else log.last_x,
+                       "rows_logged": 0 if log is None else log.rows}
+            if log is None:
+                write_json(os.path.join(run_dir, "summary.json"), summary)
+            else:
+                log.summary(summary)
+                log.close(exit_code=code)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if message is not None:
+        where = f"; rows so far are in {run_dir}/metrics.jsonl" if run_dir is not None else ""
+        tb = " (traceback in traceback.txt)" if summary.get("status") == "failed" else ""
+        print(f"{script}: {message}{where}{tb}", file=sys.stderr, flush=True)
+    return code
+# <<< copied: entry
 
 
 # ==================================================================================================
@@ -735,40 +940,34 @@ def plot_over_training(ckpts, series, returns, config_labels, config, path) -> N
 
 
 # ==================================================================================================
-# Main
+# Stages: the sweep's members, pre-fill, lockstep training, analysis, printed tables, plots
 # ==================================================================================================
-if __name__ == "__main__":
-    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
-    try:
-        finalize_args(args)
-    except ValueError as e:
-        sys.exit(f"order_parameter.py: error: {e}")
-    torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
-    device = pick_device(args.cuda)
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    log = RunLog(args, run_name, run_dir, x_axis="episode")
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+@dataclass(frozen=True)
+class Sweep:
+    """Every (N, H, seed) member of the sweep, in that order."""
 
-    # ---- members: every (N, H, seed), in that order ----
+    sizes: np.ndarray           # [M] corridor length N (gymnasium: the one, ignored, --env-sizes value)
+    hidden: np.ndarray          # [M] hidden width H
+    config: np.ndarray          # [M] configuration id; the members of one configuration differ in seed only
+    names: list                 # [M] "N{n}_H{h}_s{seed}" ("env..." for gymnasium), the metrics keys
+    label: str                  # "N" or "env"
+    config_labels: list         # per configuration id
+
+
+def make_sweep(args: Args) -> Sweep:
     grid = [(n, h, s) for n in args.env_sizes for h in args.hidden_dims for s in range(args.num_seeds)]
-    M, E, label = len(grid), args.episodes, ("N" if args.env == "corridor" else "env")
-    sizes_np, hidden_np = np.array([g[0] for g in grid]), np.array([g[1] for g in grid])
-    config_np = np.array([i // args.num_seeds for i in range(M)])
-    names = [f"{label}{n}_H{h}_s{s}" for n, h, s in grid]
-    corridor = args.env == "corridor"
-    if corridor:
-        env = Corridor(torch.tensor(sizes_np, device=device), args.max_steps)
-    else:
-        env = GymBatch(args.env, M, args.max_steps, args.seed, device)
-    layout = mlp_layout(env.obs_dim, args.max_hidden, env.n_actions)
-    theta = init_theta(torch.tensor(hidden_np, device=device), env.obs_dim, args.max_hidden, env.n_actions, gen)
-    target = theta.clone()
-    adam = BatchedAdam(theta, args.learning_rate)
-    buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
-    all_on = torch.ones(M, dtype=torch.bool, device=device)
+    label = "N" if args.env == "corridor" else "env"
+    return Sweep(sizes=np.array([g[0] for g in grid]), hidden=np.array([g[1] for g in grid]),
+                 config=np.array([i // args.num_seeds for i in range(len(grid))]),
+                 names=[f"{label}{n}_H{h}_s{s}" for n, h, s in grid], label=label,
+                 config_labels=[f"{label}={n}, H={h}" for n in args.env_sizes for h in args.hidden_dims])
 
-    # ---- pre-fill (corridor: random with p 0.5, else right, as the original; gymnasium: uniform) ----
+
+def prefill_replay(env, buf: ReplayBuffers, args: Args, gen: torch.Generator) -> None:
+    """--prefill transitions into every member's buffer (corridor: random with p 0.5, else right, as
+    the original; gymnasium: uniform)."""
+    corridor = isinstance(env, Corridor)
+    M, device = buf.obs.shape[0], buf.obs.device
     obs = env.reset()
     for _ in range(args.prefill):
         if corridor:
@@ -781,15 +980,46 @@ if __name__ == "__main__":
         buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
                 key, env.next_keys if corridor else 0)
         obs = after
-    G = args.num_probe_states
-    table = env.all_states() if corridor and args.exact_state_table else None
-    if corridor:
-        probes = torch.linspace(0, 1, G, device=device).view(1, G, 1).expand(M, G, 1)
-    else:
-        probes = buf.obs[:, :G].clone()                                         # [M, G, d]
 
-    # ---- training, all members in lockstep: one tick = one env step of every member ----
-    f = torch.get_default_dtype()
+
+def probe_states(env, buf: ReplayBuffers, G: int) -> torch.Tensor:
+    """The G probe states of the order parameters, [M, G, d]: corridor s = linspace(0, 1, G);
+    gymnasium: each member's first G pre-fill observations."""
+    M, device = buf.obs.shape[0], buf.obs.device
+    if isinstance(env, Corridor):
+        return torch.linspace(0, 1, G, device=device).view(1, G, 1).expand(M, G, 1)
+    return buf.obs[:, :G].clone()
+
+
+def log_episode_rows(log: RunLog, names: list, returns: torch.Tensor, td_norm: torch.Tensor,
+                     op_hist: torch.Tensor, first: int, stop: int, order_every: int) -> int:
+    """metrics.jsonl rows (x-axis: episode) for episodes first..stop-1, which every member has
+    finished; returns stop, the number of episodes logged so far."""
+    r_np, td_np = returns[:, first:stop].cpu().numpy(), td_norm[:, first:stop].cpu().numpy()
+    op_np = op_hist.cpu().numpy()
+    for k, e in enumerate(range(first, stop)):
+        row = {"return/mean": float(r_np[:, k].mean())}
+        row.update({f"return/{nm}": float(r_np[m, k]) for m, nm in enumerate(names)})
+        row.update({f"td_grad_norm/{nm}": float(td_np[m, k]) for m, nm in enumerate(names)})
+        if e % order_every == 0:
+            for j, op in enumerate(ORDER_PARAMS):
+                row.update({f"{op}/{nm}": float(op_np[m, e // order_every, j]) for m, nm in enumerate(names)})
+        log.log(e, row)
+    return stop
+
+
+def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuffers, probes: torch.Tensor,
+                   table: Optional[torch.Tensor], gen: torch.Generator, log: RunLog, names: list) -> dict:
+    """DQN for every member in lockstep, one tick = one env step of every member, until every member
+    has finished args.episodes episodes. An episode's row is logged on the tick its last member
+    finishes it. The parameters are checked every tick (in the tick's one host sync): non-finite ones
+    stop the run, with the rows of every episode finished before that tick already written.
+    Returns {"status", "returns" [M, E], "td_norm" [M, E], "op_hist" [M, C, 4], "ckpts", "ticks",
+    "member_steps", "wall"}."""
+    corridor = isinstance(env, Corridor)
+    M, E, device = theta.shape[0], args.episodes, theta.device
+    target = theta.clone()
+    adam = BatchedAdam(theta, args.learning_rate)
     obs = env.reset()                                            # the original resets every episode
     eps = torch.full((M,), args.eps_start, device=device)
     ep_count = torch.zeros(M, dtype=torch.long, device=device)   # finished episodes per member
@@ -802,21 +1032,6 @@ if __name__ == "__main__":
     ids = torch.arange(M, device=device)                      # row -> member id (rows shrink, ids do not)
     status, tick, logged, member_steps = "ok", 0, 0, 0
     start = last_print = time.time()
-
-    def log_finished_episodes(upto: int) -> None:
-        """metrics.jsonl rows for the episodes every member has finished (x-axis: episode)."""
-        global logged
-        r_np, td_np = returns[:, logged:upto].cpu().numpy(), td_norm[:, logged:upto].cpu().numpy()
-        op_np = op_hist.cpu().numpy()
-        for k, e in enumerate(range(logged, upto)):
-            row = {"return/mean": float(r_np[:, k].mean())}
-            row.update({f"return/{nm}": float(r_np[m, k]) for m, nm in enumerate(names)})
-            row.update({f"td_grad_norm/{nm}": float(td_np[m, k]) for m, nm in enumerate(names)})
-            if e % args.order_every == 0:
-                for j, op in enumerate(ORDER_PARAMS):
-                    row.update({f"{op}/{nm}": float(op_np[m, e // args.order_every, j]) for m, nm in enumerate(names)})
-            log.log(e, row)
-        logged = upto
 
     while True:
         active = ep_count < E
@@ -852,12 +1067,19 @@ if __name__ == "__main__":
             acc.masked_fill_(ended, 0.0)
         tick += 1
         member_steps += theta.shape[0]
-        # the one host sync per tick
-        any_due, n_active = torch.stack([due.any().long(), (ep_count < E).sum()]).tolist()
+        # the one host sync per tick; min and max propagate NaN, so this sees any non-finite parameter
+        any_due, n_active, done_by_all, finite = torch.stack(
+            [due.any().long(), (ep_count < E).sum(), ep_count.min(),
+             torch.stack(torch.aminmax(theta)).isfinite().all().long()]).tolist()
+        if not finite:
+            status = f"non-finite Q-network parameters at tick {tick}, after {logged} episodes of every member"
+            break
         if any_due:
             rows = due.nonzero().squeeze(1)
             ckpt = (ep_count[rows] - 1) // args.order_every
             op_hist[ids[rows], ckpt] = order_parameters(theta[rows], layout, probes[rows])
+        if done_by_all > logged:
+            logged = log_episode_rows(log, names, returns, td_norm, op_hist, logged, done_by_all, args.order_every)
         any_active = n_active > 0
         if corridor and 0 < n_active <= 0.75 * theta.shape[0]:
             # ---- compaction: drop the members that are done, so they cost nothing from here on ----
@@ -869,80 +1091,139 @@ if __name__ == "__main__":
                 keep_rows(obj, rows)
 
         if tick % 500 == 0 or not any_active:
-            if not torch.isfinite(theta).all():
-                status = f"non-finite Q-network parameters at tick {tick}; stopped, metrics so far are kept"
-                break
-            log_finished_episodes(int(ep_count.min()))
             now = time.time()
             if now - last_print > 5 or not any_active:
-                print(f"tick {tick}  episodes done {int(ep_count.min())}-{int(ep_count.max())}/{E}  "
+                print(f"tick {tick}  episodes done {done_by_all}-{int(ep_count.max())}/{E}  "
                       f"{tick / (now - start):.0f} ticks/s  {member_steps / (now - start):.0f} member-steps/s",
                       flush=True)
                 last_print = now
         if not any_active:
             break
-    wall = time.time() - start
+    return {"status": status, "returns": returns.cpu().numpy(), "td_norm": td_norm.cpu().numpy(),
+            "op_hist": op_hist.cpu().numpy(), "ckpts": ckpts, "ticks": tick, "member_steps": member_steps,
+            "wall": time.time() - start}
 
-    # ---- analysis ----
-    returns_np, td_np, op_np = (x.cpu().numpy() for x in (returns, td_norm, op_hist))
+
+def analyse(args: Args, sweep: Sweep, result: dict) -> dict:
+    """Final reward and each order parameter's final value per run, their correlation reports and
+    over-training r. Returns {"perf" [M], "final" {param: [M]}, "series" {param: [M, C]}, "corr", "best"}."""
+    returns_np, td_np, op_np, ckpts = result["returns"], result["td_norm"], result["op_hist"], result["ckpts"]
     W = args.final_window
     perf = returns_np[:, -W:].mean(1)
     final = {op: op_np[:, -1, j] for j, op in enumerate(ORDER_PARAMS)}
     final["td_grad_norm"] = td_np[:, -W:].mean(1)
     series = {op: op_np[:, :, j] for j, op in enumerate(ORDER_PARAMS)}
     series["td_grad_norm"] = td_np[:, ckpts]
-    config_labels = [f"{label}={n}, H={h}" for n in args.env_sizes for h in args.hidden_dims]
-    summary = {"status": status, "env": args.env, "num_runs": M, "episodes": E, "wall_time_s": wall,
-               "ticks": tick, "member_steps": member_steps, "member_steps_per_s": member_steps / wall}
-    if status == "ok":
-        rng = np.random.default_rng(args.seed)
-        corr = {op: correlation_report(final[op], perf, sizes_np, config_np, args.bootstrap, rng) for op in ALL_PARAMS}
-        for op in ALL_PARAMS:
-            corr[op]["over_training_mean_r"] = float(np.nanmean(over_training_r(series[op], returns_np, ckpts, W)))
-        best = max(ORDER_PARAMS, key=lambda op: abs(np.nan_to_num(corr[op]["r"])))
-        summary.update({
-            "best_order_parameter": best, "best_r": corr[best]["r"], "correlations": corr,
-            "final_reward": {config_labels[c]: {"mean": float(perf[config_np == c].mean()),
-                                                "std": float(perf[config_np == c].std()),
-                                                "runs": perf[config_np == c].tolist()} for c in np.unique(config_np)},
-        })
-        if args.env == "corridor":
-            summary["optimal_return"] = {int(n): 12 - int(n) for n in args.env_sizes}
-            summary["fraction_at_optimum"] = float(np.mean(perf >= 12 - sizes_np - 0.5))
+    rng = np.random.default_rng(args.seed)
+    corr = {op: correlation_report(final[op], perf, sweep.sizes, sweep.config, args.bootstrap, rng)
+            for op in ALL_PARAMS}
+    for op in ALL_PARAMS:
+        corr[op]["over_training_mean_r"] = float(np.nanmean(over_training_r(series[op], returns_np, ckpts, W)))
+    best = max(ORDER_PARAMS, key=lambda op: abs(np.nan_to_num(corr[op]["r"])))
+    return {"perf": perf, "final": final, "series": series, "corr": corr, "best": best}
 
-        # ---- printed tables: correlations, phase diagram, performance diagram ----
-        sv, hv = list(args.env_sizes), list(args.hidden_dims)
-        cell = lambda v: np.array([[v[(sizes_np == a) & (hidden_np == b)].mean() for b in hv] for a in sv])
-        fmt = lambda x: "  nan" if not np.isfinite(x) else f"{x:+.2f}"
-        print(f"\n===== order parameters vs final reward ({M} runs, {len(np.unique(config_np))} configs) =====")
-        print(f"{'parameter':20s} {'r [95% CI]':>22s} {'r(config means)':>16s} {'partial r|' + label:>16s} "
-              + " ".join(f"{'within ' + label + '=' + str(n):>12s}" for n in sv) + f" {'over training':>14s}")
-        for op in ALL_PARAMS:
-            c = corr[op]
-            print(f"{op:20s} {fmt(c['r']):>7s} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] {fmt(c['r_config_means']):>16s} "
-                  f"{fmt(c['partial_r_given_size']):>16s} "
-                  + " ".join(f"{fmt(c['within_size'][int(n)]['r']):>12s}" for n in sv)
-                  + f" {fmt(c['over_training_mean_r']):>14s}")
-        print(f"\nbest order parameter (largest |r| across runs): {best}")
-        for title, g in ((f"phase diagram: {best}", cell(final[best])), ("performance", cell(perf))):
-            print(f"\n{title} (rows {label}, columns H, mean over {args.num_seeds} seeds)")
-            print(" " * 8 + "".join(f"{'H=' + str(h):>10s}" for h in hv))
-            for n, rowv in zip(sv, g):
-                print(f"{label + '=' + str(n):8s}" + "".join(f"{v:10.3f}" for v in rowv))
 
-        # ---- plots ----
-        plot_learning_curves(returns_np, sizes_np, hidden_np, sv, hv, label,
-                             os.path.join(run_dir, "learning_curves.png"))
-        plot_phase_diagram(cell(final[best]), cell(perf), best, sv, hv, label,
-                           os.path.join(run_dir, "phase_diagram.png"))
-        cm = lambda v: np.array([v[config_np == c].mean() for c in np.unique(config_np)])
-        top3 = sorted(ORDER_PARAMS, key=lambda op: -abs(np.nan_to_num(corr[op]["r"])))[:3]
-        plot_transition(cm(sizes_np / hidden_np), cm(perf), {op: cm(final[op]) for op in top3},
-                        os.path.join(run_dir, "transition_analysis.png"))
-        plot_over_training(ckpts, series, returns_np, config_labels, config_np,
-                           os.path.join(run_dir, "order_over_training.png"))
-    log.summary(summary)
-    log.close()
-    print(f"wrote {run_dir}  ({wall:.1f} s, {member_steps / wall:.0f} member-steps/s)")
-    if status != "ok":
-        sys.exit(f"order_parameter.py: {status}")
+def analysis_summary(args: Args, sweep: Sweep, a: dict) -> dict:
+    """summary.json entries of the analysis."""
+    perf, config, corr, best = a["perf"], sweep.config, a["corr"], a["best"]
+    out = {
+        "best_order_parameter": best, "best_r": corr[best]["r"], "correlations": corr,
+        "final_reward": {sweep.config_labels[c]: {"mean": float(perf[config == c].mean()),
+                                                  "std": float(perf[config == c].std()),
+                                                  "runs": perf[config == c].tolist()} for c in np.unique(config)},
+    }
+    if args.env == "corridor":
+        out["optimal_return"] = {int(n): 12 - int(n) for n in args.env_sizes}
+        out["fraction_at_optimum"] = float(np.mean(perf >= 12 - sweep.sizes - 0.5))
+    return out
+
+
+def config_grid(values: np.ndarray, sweep: Sweep, size_vals, hid_vals) -> np.ndarray:
+    """[len(size_vals), len(hid_vals)] mean over seeds of a per-run quantity."""
+    return np.array([[values[(sweep.sizes == n) & (sweep.hidden == h)].mean() for h in hid_vals] for n in size_vals])
+
+
+def config_means(values: np.ndarray, config: np.ndarray) -> np.ndarray:
+    return np.array([values[config == c].mean() for c in np.unique(config)])
+
+
+def _fmt(x: float) -> str:
+    return "  nan" if not np.isfinite(x) else f"{x:+.2f}"
+
+
+def print_tables(args: Args, sweep: Sweep, a: dict) -> None:
+    """The correlation table, the phase diagram of the best parameter and the performance diagram."""
+    corr, best, label, M = a["corr"], a["best"], sweep.label, len(sweep.names)
+    sv, hv = list(args.env_sizes), list(args.hidden_dims)
+    print(f"\n===== order parameters vs final reward ({M} runs, {len(np.unique(sweep.config))} configs) =====")
+    print(f"{'parameter':20s} {'r [95% CI]':>22s} {'r(config means)':>16s} {'partial r|' + label:>16s} "
+          + " ".join(f"{'within ' + label + '=' + str(n):>12s}" for n in sv) + f" {'over training':>14s}")
+    for op in ALL_PARAMS:
+        c = corr[op]
+        print(f"{op:20s} {_fmt(c['r']):>7s} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] {_fmt(c['r_config_means']):>16s} "
+              f"{_fmt(c['partial_r_given_size']):>16s} "
+              + " ".join(f"{_fmt(c['within_size'][int(n)]['r']):>12s}" for n in sv)
+              + f" {_fmt(c['over_training_mean_r']):>14s}")
+    print(f"\nbest order parameter (largest |r| across runs): {best}")
+    for title, g in ((f"phase diagram: {best}", config_grid(a["final"][best], sweep, sv, hv)),
+                     ("performance", config_grid(a["perf"], sweep, sv, hv))):
+        print(f"\n{title} (rows {label}, columns H, mean over {args.num_seeds} seeds)")
+        print(" " * 8 + "".join(f"{'H=' + str(h):>10s}" for h in hv))
+        for n, rowv in zip(sv, g):
+            print(f"{label + '=' + str(n):8s}" + "".join(f"{v:10.3f}" for v in rowv))
+
+
+def write_plots(args: Args, sweep: Sweep, result: dict, a: dict, run_dir: str) -> None:
+    """learning_curves.png, phase_diagram.png, transition_analysis.png, order_over_training.png."""
+    sv, hv, best, final, perf = list(args.env_sizes), list(args.hidden_dims), a["best"], a["final"], a["perf"]
+    plot_learning_curves(result["returns"], sweep.sizes, sweep.hidden, sv, hv, sweep.label,
+                         os.path.join(run_dir, "learning_curves.png"))
+    plot_phase_diagram(config_grid(final[best], sweep, sv, hv), config_grid(perf, sweep, sv, hv), best, sv, hv,
+                       sweep.label, os.path.join(run_dir, "phase_diagram.png"))
+    top3 = sorted(ORDER_PARAMS, key=lambda op: -abs(np.nan_to_num(a["corr"][op]["r"])))[:3]
+    plot_transition(config_means(sweep.sizes / sweep.hidden, sweep.config), config_means(perf, sweep.config),
+                    {op: config_means(final[op], sweep.config) for op in top3},
+                    os.path.join(run_dir, "transition_analysis.png"))
+    plot_over_training(result["ckpts"], a["series"], result["returns"], sweep.config_labels, sweep.config,
+                       os.path.join(run_dir, "order_over_training.png"))
+
+
+def train(args: Args, log: RunLog) -> dict:
+    """The whole sweep: members, pre-fill, lockstep training (rows into log), then, if the run stayed
+    finite, the analysis, printed tables and plots in log.run_dir. Returns the summary."""
+    torch.set_num_threads(args.torch_threads)
+    device = pick_device(args.cuda)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+
+    # ---- members: every (N, H, seed), in that order ----
+    sweep = make_sweep(args)
+    M = len(sweep.names)
+    if args.env == "corridor":
+        env = Corridor(torch.tensor(sweep.sizes, device=device), args.max_steps)
+    else:
+        env = GymBatch(args.env, M, args.max_steps, args.seed, device)
+    layout = mlp_layout(env.obs_dim, args.max_hidden, env.n_actions)
+    theta = init_theta(torch.tensor(sweep.hidden, device=device), env.obs_dim, args.max_hidden, env.n_actions, gen)
+    buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
+
+    prefill_replay(env, buf, args, gen)
+    table = env.all_states() if args.env == "corridor" and args.exact_state_table else None
+    probes = probe_states(env, buf, args.num_probe_states)
+    result = train_lockstep(args, env, theta, layout, buf, probes, table, gen, log, sweep.names)
+
+    wall = result["wall"]
+    summary = {"status": result["status"], "env": args.env, "num_runs": M, "episodes": args.episodes,
+               "wall_time_s": wall, "ticks": result["ticks"], "member_steps": result["member_steps"],
+               "member_steps_per_s": result["member_steps"] / wall}
+    if result["status"] == "ok":
+        a = analyse(args, sweep, result)
+        summary.update(analysis_summary(args, sweep, a))
+        print_tables(args, sweep, a)
+        write_plots(args, sweep, result, a, log.run_dir)
+    print(f"wrote {log.run_dir}  ({wall:.1f} s, {result['member_steps'] / wall:.0f} member-steps/s)")
+    return summary
+
+
+if __name__ == "__main__":
+    args = parse_args("order_parameter.py", Args, finalize_args)
+    sys.exit(run_experiment("order_parameter.py", args, train, x_axis="episode"))

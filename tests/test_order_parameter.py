@@ -1,15 +1,15 @@
 """order_parameter.py: the corridor, the batched DQN against plain torch, the order parameters
-against the original's formulas, the statistics, and subprocess runs of the script."""
+against the original's formulas, the statistics, whole runs (in process, and one through the
+CLI), bad input and the NaN stop."""
 
 import math
-import re
 
 import numpy as np
 import pytest
 import torch
 import tyro
 import torch.nn as nn
-from conftest import read_json, read_metrics
+from conftest import assert_bad_input, read_json, read_metrics, run_in_process
 from dqn_reference import member_net, reference_dqn
 
 import order_parameter as op
@@ -204,14 +204,14 @@ def test_over_training_correlation_by_hand():
 
 
 # ---- batched training against an unbatched reference ------------------------------------------
-def test_batched_script_matches_an_unbatched_reference(run):
+def test_batched_script_matches_an_unbatched_reference(tmp_path):
     """One configuration, so the batch has one member: same draws, same returns, same order params.
     The FIFO buffer is small enough to wrap, which checks the ring buffer against a python list."""
     args = ("--env-sizes", "5", "--hidden-dims", "6", "--num-seeds", "1", "--episodes", "8", "--prefill", "30",
             "--batch-size", "8", "--buffer-size", "60", "--order-every", "2", "--num-probe-states", "50",
             "--final-window", "2", "--bootstrap", "50", "--max-steps", "12", "--seed", "3")
-    proc, run_dir = run(SCRIPT, *args)
-    assert proc.returncode == 0, proc.stderr
+    code, run_dir = run_in_process(op, SCRIPT, "episode", tmp_path, *args)
+    assert code == 0
     rows = read_metrics(run_dir)
     got_returns = [r["return/N5_H6_s0"] for r in rows]
     got_order = [r["gradient_magnitude/N5_H6_s0"] for r in rows if "gradient_magnitude/N5_H6_s0" in r]
@@ -222,7 +222,13 @@ def test_batched_script_matches_an_unbatched_reference(run):
     assert np.allclose(got_order, want_order, rtol=1e-4)
 
 
-# ---- subprocess runs ----------------------------------------------------------------------------
+# ---- whole runs: one through the real CLI, the rest in process ----------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The TINY sweep, run in process once for the tests below: (exit status, run folder)."""
+    return run_in_process(op, SCRIPT, "episode", tmp_path_factory.mktemp("tiny"), *TINY)
+
+
 def test_smoke_sweep_writes_every_output_with_sane_values(run):
     proc, run_dir = run(SCRIPT, *TINY, "--track=True", "--wandb-project-name", "test")
     assert proc.returncode == 0, proc.stderr
@@ -230,24 +236,28 @@ def test_smoke_sweep_writes_every_output_with_sane_values(run):
                  "transition_analysis.png", "order_over_training.png"):
         assert (run_dir / name).stat().st_size > 0, name
     assert list((run_dir / "wandb").glob("offline-run-*"))
+    text = (run_dir / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text                      # strict JSON
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["num_runs"] == 8 and s["best_order_parameter"] in op.ORDER_PARAMS
     for name, c in s["correlations"].items():
         for v in (c["r"], c["r_config_means"], c["partial_r_given_size"]):
-            assert math.isnan(v) or -1 <= v <= 1, (name, v)
+            assert v is None or -1 <= v <= 1, (name, v)
         assert set(c["within_size"]) == {"4", "6"}
     rows = read_metrics(run_dir)
     assert [r["episode"] for r in rows] == list(range(12))
+    assert s["rows_logged"] == 12 and s["last_episode"] == 11
     for r in rows:
         for k, v in r.items():
             if k.startswith("return/") and k != "return/mean":
                 assert -20 <= v <= 12 - int(k.split("/")[1][1:].split("_")[0])
-    assert "table" in proc.stdout or "phase diagram" in proc.stdout
+    assert "phase diagram" in proc.stdout
 
 
-def test_same_seed_same_numbers(run):
-    _, a = run(SCRIPT, *TINY)
-    _, b = run(SCRIPT, *TINY)
+def test_same_seed_same_numbers(tiny_run, tmp_path):
+    code_a, a = tiny_run
+    code_b, b = run_in_process(op, SCRIPT, "episode", tmp_path, *TINY)
+    assert code_a == code_b == 0
     rows = read_metrics(a)
     assert rows == read_metrics(b)
     assert [r["return/N6_H8_s0"] for r in rows] != [r["return/N6_H8_s1"] for r in rows]     # seeds differ
@@ -255,46 +265,132 @@ def test_same_seed_same_numbers(run):
     assert sa["correlations"] == sb["correlations"]
 
 
-def test_corridor_learning_happens(run):
-    proc, run_dir = run(SCRIPT, "--env-sizes", "6", "--hidden-dims", "16", "--num-seeds", "2", "--episodes", "40",
-                        "--bootstrap", "50", "--prefill", "200", "--order-every", "10")
-    assert proc.returncode == 0, proc.stderr
+def test_corridor_learning_happens(tmp_path):
+    code, run_dir = run_in_process(op, SCRIPT, "episode", tmp_path, "--env-sizes", "6", "--hidden-dims", "16",
+                                   "--num-seeds", "2", "--episodes", "40", "--bootstrap", "50", "--prefill", "200",
+                                   "--order-every", "10")
+    assert code == 0
     rows = read_metrics(run_dir)
     first, last = np.mean([r["return/mean"] for r in rows[:5]]), np.mean([r["return/mean"] for r in rows[-5:]])
     assert last > first + 10                            # eps is still 0.67 at episode 40; optimum 6
 
 
-def test_cartpole_sweep_runs(run):
-    proc, run_dir = run(SCRIPT, "--env", "CartPole-v1", "--env-sizes", "0", "--hidden-dims", "8", "16",
-                        "--num-seeds", "2", "--episodes", "6", "--prefill", "100", "--num-probe-states", "100",
-                        "--batch-size", "32", "--order-every", "2", "--final-window", "2", "--bootstrap", "50")
-    assert proc.returncode == 0, proc.stderr
+def test_cartpole_sweep_runs(tmp_path):
+    code, run_dir = run_in_process(op, SCRIPT, "episode", tmp_path, "--env", "CartPole-v1", "--env-sizes", "0",
+                                   "--hidden-dims", "8", "16", "--num-seeds", "2", "--episodes", "6", "--prefill",
+                                   "100", "--num-probe-states", "100", "--batch-size", "32", "--order-every", "2",
+                                   "--final-window", "2", "--bootstrap", "50")
+    assert code == 0
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["env"] == "CartPole-v1" and s["num_runs"] == 4
     assert all(r["return/mean"] >= 1 for r in read_metrics(run_dir))
 
 
+# ---- bad input: one line on stderr, exit status 2, no traceback, no run folder ------------------
 @pytest.mark.parametrize("args, message", [
-    (("--env-sizes",), "need at least one value"),
-    (("--hidden-dims", "0"), "--hidden-dims must be positive"),
-    (("--env-sizes", "1"), "must be >= 2"),
+    # the issue's example, one value at a time
+    (("--eps-decay", "5"), "--eps-decay is a per-episode factor and must lie in (0, 1]"),
+    (("--discount", "-3"), "--discount must lie in [0, 1]"),
+    (("--learning-rate", "-1"), "--learning-rate must be a finite number > 0"),
+    # ranges
+    (("--eps-decay", "0"), "--eps-decay is a per-episode factor and must lie in (0, 1]"),
+    (("--discount", "1.5"), "--discount must lie in [0, 1]"),
+    (("--learning-rate", "0"), "--learning-rate must be a finite number > 0"),
+    (("--learning-rate", "nan"), "--learning-rate must be a finite number > 0"),
+    (("--learning-rate", "inf"), "--learning-rate must be a finite number > 0"),
+    (("--eps-start", "1.5"), "--eps-start must lie in [0, 1]"),
+    (("--eps-end", "-0.1"), "--eps-end must lie in [0, 1]"),
+    (("--eps-start", "0.1", "--eps-end", "0.5"), "--eps-end 0.5 exceeds --eps-start 0.1"),
+    (("--seed", "-1"), "--seed must lie in [0, 2**32)"),
+    # sizes
+    (("--num-seeds", "0"), "--num-seeds must be positive"),
     (("--episodes", "0"), "--episodes must be positive"),
-    (("--env", "Pong-v99"), "unknown --env 'Pong-v99'"),
+    (("--max-steps", "0"), "--max-steps must be positive"),
+    (("--batch-size", "0"), "--batch-size must be positive"),
+    (("--buffer-size", "-5"), "--buffer-size must be positive"),
+    (("--prefill", "0"), "--prefill must be positive"),
+    (("--grad-steps", "0"), "--grad-steps must be positive"),
+    (("--target-every", "0"), "--target-every must be positive"),
+    (("--order-every", "0"), "--order-every must be positive"),
+    (("--num-probe-states", "0"), "--num-probe-states must be positive"),
+    (("--final-window", "0"), "--final-window must be positive"),
+    (("--bootstrap", "0"), "--bootstrap must be positive"),
+    (("--torch-threads", "0"), "--torch-threads must be positive"),
+    (("--hidden-dims", "0"), "--hidden-dims must be positive"),
+    (("--hidden-dims", "8", "-1"), "--hidden-dims must be positive"),
+    (("--env-sizes",), "need at least one value"),
+    (("--env-sizes", "1"), "must be >= 2"),
+    (("--env-sizes", "5", "5"), "--env-sizes has a repeated value"),
+    (("--hidden-dims", "8", "8"), "--hidden-dims has a repeated value"),
+    (("--env-sizes", "60"), "needs 59 steps to reach the goal, more than --max-steps 50"),
+    # relations between sizes; windows longer than the run
     (("--prefill", "50"), "need --batch-size < --prefill"),
+    (("--prefill", "20000"), "need --batch-size < --prefill <= --buffer-size"),
+    (("--final-window", "301"), "--final-window 301 exceeds --episodes 300"),
+    (("--order-every", "300"), "the analysis needs at least two"),
+    # gymnasium envs
+    (("--env", "Pong-v99"), "unknown --env 'Pong-v99'"),
+    (("--env", "Pendulum-v1", "--env-sizes", "0"), "needs discrete actions"),
+    (("--env", "CartPole-v1"), "has no size axis"),
+    (("--env", "CartPole-v1", "--env-sizes", "0", "--num-probe-states", "2000"), "exceeds --prefill 1000"),
+    # buffers that cannot fit: replay x members, a huge sweep, a huge width
+    (("--buffer-size", "1000000000000"), "GiB"),
+    (("--num-seeds", "1000000000"), "GiB"),
+    (("--hidden-dims", "8", "10000000"), "GiB"),
+    # tyro's own parse box
+    (("--episodes", "abc"), None),
+    (("--no-such-flag", "1"), None),
 ])
-def test_bad_input_is_rejected_with_a_one_line_reason(args, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
-        op.finalize_args(tyro.cli(op.Args, args=list(args), config=(tyro.conf.FlagConversionOff,)))
+def test_bad_input_fails_fast_with_one_line(args, message, capsys, tmp_path, monkeypatch):
+    assert_bad_input(op, SCRIPT, args, message, capsys, tmp_path, monkeypatch)
 
 
-def test_bad_input_fails_fast_with_one_line(run):
-    proc, run_dir = run(SCRIPT, "--env-sizes", "--episodes", "0")
-    assert proc.returncode != 0 and run_dir is None
-    assert "need at least one value" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+def test_memory_refusal_states_the_estimate():
+    args = tyro.cli(op.Args, args=["--buffer-size", "1000000000000"], config=(tyro.conf.FlagConversionOff,))
+    with pytest.raises(ValueError, match=r"a sweep of 27 members .* needs about [0-9.e+]+ GiB, more than 80%"):
+        op.finalize_args(args)
+    default = op.finalize_args(tyro.cli(op.Args, args=[], config=(tyro.conf.FlagConversionOff,)))
+    assert op.memory_estimate(default, 1, 2) < 2**30                  # the default sweep is far below a GiB
 
 
-def test_non_finite_training_stops_and_keeps_the_log(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--learning-rate", "1e38", "--episodes", "400")
-    assert proc.returncode != 0 and "non-finite" in proc.stderr
-    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
-    assert (run_dir / "metrics.jsonl").exists()
+def test_bad_input_in_a_subprocess_leaves_no_folder(run):
+    proc, run_dir = run(SCRIPT, "--eps-decay", "5", "--discount", "-3", "--learning-rate", "-1")
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "order_parameter.py: error: --learning-rate must be a finite number > 0, got -1.0"
+
+
+# ---- NaN: the run stops, every episode finished before it stays logged ----------------------------
+def test_non_finite_training_stops_and_keeps_the_finished_rows(tiny_run, tmp_path, monkeypatch, capsys):
+    real = op.td_loss_and_grad
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):                   # member 0's gradient turns NaN at the 41st training tick
+        loss, grad, q_rows = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] > 4 * 40:
+            grad = grad.clone()
+            grad[0] = float("nan")
+        return loss, grad, q_rows
+
+    monkeypatch.setattr(op, "td_loss_and_grad", poisoned)
+    code, run_dir = run_in_process(op, SCRIPT, "episode", tmp_path, *TINY)
+    err = capsys.readouterr().err
+    assert code == 1 and "stopped: non-finite Q-network parameters at tick 41" in err and "Traceback" not in err
+    rows = read_metrics(run_dir)
+    clean = read_metrics(tiny_run[1])
+    assert 0 < len(rows) < len(clean)
+    assert rows == clean[:len(rows)]          # exactly the episodes every member finished before the NaN
+    text = (run_dir / "summary.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"].startswith("non-finite") and f"after {len(rows)} episodes" in summary["status"]
+    assert summary["rows_logged"] == len(rows) and summary["last_episode"] == rows[-1]["episode"]
+    assert not (run_dir / "phase_diagram.png").exists()            # no analysis of a broken sweep
+
+
+def test_diverging_learning_rate_stops_with_rows(tmp_path, capsys):
+    """The real thing, no monkeypatch: lr 1e38 overflows the parameters within a few ticks."""
+    code, run_dir = run_in_process(op, SCRIPT, "episode", tmp_path, *TINY, "--learning-rate", "1e38")
+    assert code == 1 and "non-finite" in capsys.readouterr().err
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"].startswith("non-finite") and summary["rows_logged"] == len(read_metrics(run_dir))
