@@ -60,14 +60,17 @@ Result:   (3 seeds, README; this tiny scale only) after 50 meta steps the critic
           125); the guard restores and ends lowest.
 """
 
+import contextlib
 import copy
 import hashlib
 import json
+import math
 import os
 import random
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -190,33 +193,65 @@ PROMPT_LEN = 16
 
 
 def finalize_args(args: Args) -> Args:
-    """Check the arguments that need no data; a ValueError carries a one-line reason."""
+    """Check every argument and the input files, and fill the derived fields; a ValueError carries a
+    one-line reason, raised before any run folder exists."""
     if args.critic not in CRITICS:
         raise ValueError(f"unknown --critic {args.critic!r}; choose one of {', '.join(CRITICS)}")
+    flag = lambda name: "--" + name.replace("_", "-")
     for name in ("block_size", "batch_size", "meta_steps", "eval_every", "eval_windows", "torch_threads",
-                 "hack_patience", "sample_tokens", "n_embd", "n_layer", "n_head", "n_kv_head"):
+                 "hack_patience", "sample_tokens", "n_embd", "n_layer", "n_head", "n_kv_head", "vocab_size"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("self_steps", "guard_meta_steps", "sample_prompts", "hack_delta"):
+            raise ValueError(f"{flag(name)} must be positive, got {getattr(args, name)}")
+    for name in ("self_steps", "guard_meta_steps", "sample_prompts"):
         if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be non-negative, got {getattr(args, name)}")
+            raise ValueError(f"{flag(name)} must be non-negative, got {getattr(args, name)}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
+    if args.self_learning_rate is None:
+        args.self_learning_rate = args.learning_rate
+    for name in ("learning_rate", "self_learning_rate", "max_grad_norm", "adv_temperature"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise ValueError(f"{flag(name)} must be a finite number > 0, got {getattr(args, name)}")
+    for name in ("weight_decay", "hack_delta"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {getattr(args, name)}")
+    for name in ("learning_rate", "self_learning_rate"):              # AdamW scales weights by 1 - lr * wd
+        if getattr(args, name) * args.weight_decay >= 1:
+            raise ValueError(f"{flag(name)} x --weight-decay must be below 1 (AdamW multiplies the weights by "
+                             f"1 - lr * wd), got {getattr(args, name) * args.weight_decay}")
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
-    if not 0.0 <= args.ema_decay <= 1.0:
-        raise ValueError(f"--ema-decay must lie in [0, 1], got {args.ema_decay}")
-    if not 0.0 <= args.adv_random <= 1.0 or args.adv_temperature <= 0:
-        raise ValueError("need 0 <= --adv-random <= 1 and --adv-temperature > 0")
+    if not 0.0 <= args.ema_decay < 1.0:
+        raise ValueError(f"--ema-decay must lie in [0, 1) (1 never updates: that is --critic frozen), "
+                         f"got {args.ema_decay}")
+    if not 0.0 <= args.adv_random <= 1.0:
+        raise ValueError(f"--adv-random must lie in [0, 1], got {args.adv_random}")
     if args.n_head % args.n_kv_head:
         raise ValueError(f"--n-kv-head {args.n_kv_head} does not divide --n-head {args.n_head}")
     if args.n_embd % args.n_head:
         raise ValueError(f"--n-head {args.n_head} does not divide --n-embd {args.n_embd}")
+    if (args.n_embd // args.n_head) % 2:
+        raise ValueError(f"the head width --n-embd / --n-head = {args.n_embd // args.n_head} must be even (RoPE "
+                         "rotates pairs of channels)")
+    if args.sample_prompts > args.eval_windows:
+        raise ValueError(f"--sample-prompts {args.sample_prompts} exceeds --eval-windows {args.eval_windows} "
+                         "(the prompts are the first validation windows)")
+    n_evals = len(phase2_eval_steps(args.self_steps, args.eval_every))
+    if args.self_steps > 0 and n_evals < args.hack_patience + 1:
+        raise ValueError(f"--hack-patience {args.hack_patience} needs at least {args.hack_patience + 1} phase-2 "
+                         f"evaluations; --self-steps {args.self_steps} with --eval-every {args.eval_every} gives "
+                         f"{n_evals}")
     if args.text_path is not None and args.hf_dataset is not None:
         raise ValueError("give at most one of --text-path and --hf-dataset")
-    if args.model_name_or_path is not None and not os.path.exists(args.model_name_or_path):
-        raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} does not exist (only local checkpoints are loaded)")
-    if args.self_learning_rate is None:
-        args.self_learning_rate = args.learning_rate
+    if args.tokenizer == "bpe" and args.vocab_size < 256 + len(SPECIALS):
+        raise ValueError(f"--vocab-size {args.vocab_size} must be at least {256 + len(SPECIALS)} for byte-level BPE")
+    if args.tokenizer not in ("byte", "bpe") and not os.path.exists(args.tokenizer):
+        raise ValueError(f"--tokenizer {args.tokenizer!r} is neither byte, bpe nor an existing file or folder")
+    if args.model_name_or_path is not None and not os.path.isdir(args.model_name_or_path):
+        raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} is not a folder (only local "
+                         "checkpoints are loaded)")
     args.critic_len = 3 * args.block_size
+    check_inputs(args)
     return args
 
 
@@ -534,22 +569,56 @@ def pick_device(cuda: bool) -> torch.device:
 
 
 # >>> copied: run-name
+def check_exp_name(exp_name: str) -> None:
+    """A run folder is always directly under runs/: no path separator, no '..', a length that fits."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or (os.altsep and os.altsep in exp_name) \
+            or os.sep in exp_name or "\0" in exp_name:
+        raise ValueError(f"--exp-name {exp_name!r} must be a plain name (no path separator, not '.' or '..')")
+    if len(exp_name.encode()) > 200:
+        raise ValueError(f"--exp-name is {len(exp_name.encode())} bytes long; at most 200 fit in a folder name")
+
+
 def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
-    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir).
+    A folder that cannot be created is a ValueError with the reason, raised before any work."""
+    check_exp_name(exp_name)
     base = f"{exp_name}__{seed}__{int(time.time())}"
-    for k in range(10_000):
-        run_name = base if k == 0 else f"{base}-{k}"
-        run_dir = os.path.join(root, run_name)
-        try:
-            os.makedirs(run_dir)
-            return run_name, run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder for {base}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for k in range(10_000):
+            run_name = base if k == 0 else f"{base}-{k}"
+            run_dir = os.path.join(root, run_name)
+            try:
+                os.mkdir(run_dir)
+                return run_name, run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise ValueError(f"cannot create a run folder under {os.path.abspath(root)!r}: {e.strerror or e}") from None
+    raise ValueError(f"could not create a fresh run folder for {base}")
 # <<< copied: run-name
 
 
 # >>> copied: wandb-init
+def check_wandb(track: bool) -> None:
+    """--track needs W&B credentials (WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline/disabled."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ValueError("--track=True needs W&B credentials: run `wandb login`, set WANDB_API_KEY, "
+                     "or set WANDB_MODE=offline")
+
+
 def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
     """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
     import wandb
@@ -563,43 +632,168 @@ def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
 
 
 # >>> copied: outputs
-def _to_builtin(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
+def to_json_safe(value):
+    """Builtins for json: numpy/torch scalars and arrays become numbers and lists, NaN/Inf become None
+    (metrics.jsonl and summary.json stay valid JSON); anything else unknown becomes its str."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_to_builtin)
+    """Write obj as strict JSON (no NaN) via a temporary file, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_json_safe(obj), f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
 
 
 class RunLog:
     """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
-    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+    x-axis first, flushed line by line), summary.json; with --track every row and the summary also go
+    to W&B. `last_x` and `rows` say how far the run got (for an interrupted run's summary)."""
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
-        self.run_dir, self.x_axis = run_dir, x_axis
+        self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
+        self.last_x, self.rows = None, 0
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
 
     def log(self, x: int, row: dict) -> None:
-        row = {self.x_axis: x, **row}
-        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        row = to_json_safe({self.x_axis: x, **row})
+        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        self.last_x, self.rows = x, self.rows + 1
         if self.wandb is not None:
             self.wandb.log(row)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            self.wandb.summary.update({k: v for k, v in to_json_safe(summary).items()
+                                       if not isinstance(v, (list, dict))})
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 # <<< copied: outputs
+
+
+# >>> copied: entry
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` swallows it); the run ends with status 'interrupted'."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def fail(script: str, message: str, code: int = 2):
+    """One line on stderr, no traceback, a non-zero exit."""
+    print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_memory(nbytes: float, what: str, device: torch.device) -> None:
+    """Refuse, before any work, buffers that cannot fit: nbytes is the script's estimate of its large
+    allocations on `device` (host RAM from /proc/meminfo, or the GPU's free memory)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            available = info.get("MemAvailable", info["MemTotal"])
+        except (OSError, KeyError, ValueError, IndexError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > 0.8 * available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than 80% of the "
+                         f"{available / 2**30:.3g} GiB available on {device.type}")
+
+
+def parse_args(script: str, args_cls, finalize):
+    """tyro arguments (bool flags as --flag=True/False), then the script's checks finalize(args) and the
+    run-folder and W&B checks; bad input (a ValueError) ends here with one line and exit status 2,
+    before any folder exists."""
+    args = tyro.cli(args_cls, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize(args)
+        check_exp_name(args.exp_name)
+        check_wandb(args.track)
+    except ValueError as e:
+        fail(script, str(e))
+    return args
+
+
+def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") -> int:
+    """Run train(args, log) -> summary dict inside runs/{run_name}/ and return the exit status: 0 for
+    status 'ok'; 1 for any other status train returns (a non-finite loss, say) and for an exception
+    (status 'failed', the traceback in traceback.txt); 130/143 for SIGINT/SIGTERM (status
+    'interrupted', no traceback). Every row logged stays in metrics.jsonl; summary.json is always
+    written, with the last x-axis value reached; a W&B run is finished with the exit status."""
+    import traceback
+
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    log, run_dir, message = None, None, None
+    try:
+        try:
+            run_name, run_dir = make_run_dir(args.exp_name, args.seed, root)
+        except ValueError as e:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            fail(script, str(e))
+        log = RunLog(args, run_name, run_dir, x_axis)
+        seed_everything(args.seed, args.torch_deterministic)
+        summary = train(args, log)
+        code = 0 if summary.get("status") == "ok" else 1
+        if code:
+            message = f"stopped: {summary.get('status')}"
+    except Interrupted as e:
+        code, message = 128 + e.signum, f"interrupted by {e}"
+        summary = {"status": "interrupted", "signal": str(e)}
+    except Exception as e:  # a failed run still gets its summary and status
+        if run_dir is None:
+            raise
+        code, message = 1, f"failed: {type(e).__name__}: {e}"
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(run_dir, "traceback.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    for s in handlers:                                   # a second signal cannot break the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if run_dir is not None:
+            summary = {**summary, f"last_{x_axis}": None if log is None else log.last_x,
+                       "rows_logged": 0 if log is None else log.rows}
+            if log is None:
+                write_json(os.path.join(run_dir, "summary.json"), summary)
+            else:
+                log.summary(summary)
+                log.close(exit_code=code)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if message is not None:
+        where = f"; rows so far are in {run_dir}/metrics.jsonl" if run_dir is not None else ""
+        tb = " (traceback in traceback.txt)" if summary.get("status") == "failed" else ""
+        print(f"{script}: {message}{where}{tb}", file=sys.stderr, flush=True)
+    return code
+# <<< copied: entry
 
 
 # ==================================================================================================
@@ -681,202 +875,293 @@ def plot_run(rows: list[dict], meta_end: int, hack_step: Optional[int], guard_st
 
 
 # ==================================================================================================
-# Main
+# Inputs: corpus, tokenizer and model, checked in finalize_args before any run folder exists
 # ==================================================================================================
-def prepare(args: Args, device: torch.device):
-    """Corpus, tokenizer, token tensors and model; every bad input raises a one-line ValueError here,
-    before a run folder exists."""
-    train_text, val_text, args.corpus = load_corpus(args)
-    tok = build_tokenizer(args, train_text, SPECIALS)
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), at most 200 characters."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def quiet_transformers() -> None:
+    """Nothing is ever downloaded (HF_HUB_OFFLINE=1 unless set); no progress bars, only errors."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def load_tokens(args: Args):
+    """(tokenizer, train ids, validation ids) on the host; sets args.corpus. An unreadable corpus, a
+    tokenizer file or folder that does not load, or a split shorter than one window is a one-line
+    ValueError (the shared lm-corpus / lm-tokenizer loaders' other errors are converted here)."""
+    try:
+        train_text, val_text, args.corpus = load_corpus(args)
+    except OSError as e:
+        raise ValueError(f"--text-path {args.text_path!r} could not be read: {e.strerror or first_line(e)}") from None
+    try:
+        tok = build_tokenizer(args, train_text, SPECIALS)
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a malformed file
+        if isinstance(e, ValueError) and str(e).startswith("--"):
+            raise
+        raise ValueError(f"--tokenizer {args.tokenizer!r} could not be loaded: {first_line(e)}") from None
     train_ids = torch.tensor(tok.encode(train_text), dtype=torch.long)
     val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
     check_token_counts(train_ids, val_ids, max(args.block_size + 1, PROMPT_LEN), f"--block-size {args.block_size}")
+    return tok, train_ids, val_ids
+
+
+def load_model(args: Args, n_vocab: int):
+    """build_lm with a context for the critic sequence and the greedy samples; a checkpoint that does not
+    load (any error of from_pretrained) is a one-line ValueError."""
     n_positions = max(args.critic_len, PROMPT_LEN + args.sample_tokens)
-    model, info = build_lm(args, tok.n_vocab, n_positions)
+    try:
+        return build_lm(args, n_vocab, n_positions)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a corrupt weights file, an unknown model type, ...
+        if args.model_name_or_path is None:
+            raise
+        raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} could not be loaded: "
+                         f"{type(e).__name__}: {first_line(e)}") from None
+
+
+def estimate_memory(args: Args, n_params: int, n_rows: int, width: int, layers: int, heads: int) -> float:
+    """Bytes of a run's large float32 allocations: the weights with their gradients and two AdamW
+    moments, the phase-2 reference and critic copies (and the guard's saved weights and moments); per
+    step the logits of the LM pass (L positions) and of each critic pass (3L) with their softmax and
+    gradient, the activations kept for backward (about 20 floats per position, unit of width and
+    layer) and the attention scores of one layer; the evaluation's logits. Defaults at --block-size
+    512: 2.2 GiB estimated, 2.1 GiB measured (peak RSS of one meta step)."""
+    L, B, V = args.block_size, args.batch_size, n_rows
+    critic_passes = 2 if args.adversarial else 1
+    positions = B * (L + 3 * L * critic_passes)
+    weights = (6 + (3 if args.hack_guard else 0)) * n_params
+    logits = 3 * positions * V
+    activations = 20 * positions * width * layers
+    attention = B * heads * (L ** 2 + critic_passes * (3 * L) ** 2)
+    evaluation = 3 * args.eval_windows * 4 * L * V
+    return 4.0 * (weights + logits + activations + attention + evaluation)
+
+
+def check_inputs(args: Args) -> None:
+    """Read the corpus, load or train the tokenizer and tokenize, and load the checkpoint (a model from
+    scratch is built on the meta device: shapes only, nothing allocated), as train() will; refuse a run
+    whose allocations cannot fit; fill the derived fields config.json records."""
+    quiet_transformers()
+    tok, train_ids, val_ids = load_tokens(args)
+    with torch.device("meta") if args.model_name_or_path is None else contextlib.nullcontext():
+        model, info = load_model(args, tok.n_vocab)
+    cfg = model.config
+    width = getattr(cfg, "hidden_size", args.n_embd)
+    layers = getattr(cfg, "num_hidden_layers", args.n_layer)
+    heads = getattr(cfg, "num_attention_heads", args.n_head)
+    del model
+    check_memory(estimate_memory(args, info["n_params"], info["n_rows"], width, layers, heads),
+                 f"a {info['n_params']:,}-parameter model ({info['n_rows']} vocabulary rows) on batches of "
+                 f"{args.batch_size} x {args.block_size} tokens (critic {args.critic_len})", pick_device(args.cuda))
+    args.n_vocab, args.loss_id, args.n_params = tok.n_vocab, tok.special_ids["[LOSS]"], info["n_params"]
+    args.train_tokens, args.val_tokens = len(train_ids), len(val_ids)
+
+
+def prepare(args: Args, device: torch.device):
+    """Corpus, tokenizer, token tensors and model on `device` (the same loaders finalize_args checked)."""
+    tok, train_ids, val_ids = load_tokens(args)
+    model, info = load_model(args, tok.n_vocab)
     args.n_vocab, args.loss_id, args.n_params = tok.n_vocab, tok.special_ids["[LOSS]"], info["n_params"]
     args.train_tokens, args.val_tokens = len(train_ids), len(val_ids)
     return tok, train_ids.to(device), val_ids.to(device), model.to(device), info
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")            # nothing is ever downloaded
-    torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
-    device = pick_device(args.cuda)
-    try:
-        finalize_args(args)
-        import transformers
+# ==================================================================================================
+# Stages: meta phase, self phase, evaluation
+# ==================================================================================================
+@dataclass
+class RunState:
+    """What the phases share, passed explicitly: the model and its optimizer, the training tokens and
+    their generator, the fixed validation windows and prompts, the ids never produced, the log, the
+    optimizer steps taken so far (`step`, both phases) and the evaluation rows."""
+    args: Args
+    log: RunLog
+    tok: LMTokenizer
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_ids: torch.Tensor
+    data_gen: torch.Generator
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    prompts: torch.Tensor
+    banned: torch.Tensor
+    banned_ids: list
+    device: torch.device
+    step: int = 0
+    rows: list = field(default_factory=list)
 
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-        tok, train_ids, val_ids, model, model_info = prepare(args, device)
-    except ValueError as e:
-        sys.exit(f"self_critic_lm.py: error: {e}")
-    seed_everything(args.seed, args.torch_deterministic)     # same stream whatever prepare() consumed
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    log = RunLog(args, run_name, run_dir, x_axis="step")
-    tokenizer_path = tok.save(run_dir)
 
-    # ids the model must never produce as a token: the specials and embedding rows past the tokenizer
-    n_rows = model_info["n_rows"]
-    banned = torch.zeros(n_rows, dtype=torch.bool, device=device)
-    banned[list(tok.special_ids.values())] = True
-    banned[tok.n_vocab:] = True
-    banned_ids = banned.nonzero().squeeze(-1).tolist()
+def all_finite(values: torch.Tensor) -> bool:
+    return bool(torch.isfinite(values).all())
 
-    data_gen = torch.Generator().manual_seed(args.seed)                 # training windows
-    eval_batch = sample_windows(val_ids, args.eval_windows, args.block_size + 1, torch.Generator().manual_seed(0))
-    val_x, val_y = eval_batch[:, :-1], eval_batch[:, 1:]
-    prompts = eval_batch[:args.sample_prompts, :PROMPT_LEN]
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    tokens_per_step = args.batch_size * args.block_size                  # LM tokens (the critic reads 3x)
 
-    rows, status, step = [], "ok", 0
-    samples = {}
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
-    def train_batch():
-        batch = sample_windows(train_ids, args.batch_size, args.block_size + 1, data_gen)
-        return batch[:, :-1], batch[:, 1:]
 
-    def optimizer_step(loss):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
+def train_batch(rs: RunState):
+    """(x, y) of --batch-size random training windows."""
+    batch = sample_windows(rs.train_ids, rs.args.batch_size, rs.args.block_size + 1, rs.data_gen)
+    return batch[:, :-1], batch[:, 1:]
 
-    def meta_step():
-        x, y = train_batch()
-        loss, lm, crit, adv = meta_loss(model, x, y, args.loss_id, banned, args.adversarial, args.adv_random,
+
+def optimizer_step(rs: RunState, loss: torch.Tensor) -> None:
+    rs.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(rs.model.parameters(), rs.args.max_grad_norm)
+    rs.optimizer.step()
+
+
+def record(rs: RunState, phase: int, self_step: int, critic, ref, train_row: dict, t_steps: float,
+           n_steps: int) -> dict:
+    """Evaluation: held-out numbers and greedy samples; logs one row at rs.step, prints a progress line,
+    and returns the row (with the step and a decoded sample) after appending it to rs.rows."""
+    args = rs.args
+    row = {"phase": phase, "self_step": self_step, **train_row,
+           **evaluate(rs.model, critic, ref, rs.val_x, rs.val_y, args.loss_id, rs.banned)}
+    if n_steps:
+        row["perf/train_tokens_per_s"] = n_steps * args.batch_size * args.block_size / max(t_steps, 1e-9)
+        row["perf/ms_per_step"] = 1000 * t_steps / n_steps
+    if args.sample_prompts:
+        gen, gen_tps = greedy_samples(rs.model, rs.prompts, args.sample_tokens, rs.banned_ids)
+        row.update({"gen/distinct_1": distinct_n(gen, 1), "gen/distinct_2": distinct_n(gen, 2),
+                    "gen/repetition_rate": repetition_rate(gen), "perf/gen_tokens_per_s": gen_tps})
+        row["_sample"] = rs.tok.decode(rs.prompts[0].tolist()) + " ||| " + rs.tok.decode(gen[0])
+    rs.log.log(rs.step, {k: v for k, v in row.items() if k != "_sample"})
+    row = {"step": rs.step, **row}
+    rs.rows.append(row)
+    print(f"phase {phase} step {rs.step:5d} self {self_step:4d}  val CE {row['val/ce']:.3f}  self loss "
+          f"{row['val/self_loss']:.3f}  agree {row['val/critic_agreement']:.3f}"
+          + (f"  {row['perf/train_tokens_per_s']:.0f} tok/s" if n_steps else ""), flush=True)
+    return row
+
+
+def run_meta(rs: RunState, n: int, phase: int) -> str:
+    """n meta steps (LM CE + critic CE on true tokens); phase 1 evaluates every --eval-every steps.
+    Returns "ok", or the status of a non-finite loss (the rows before it are logged)."""
+    args = rs.args
+    acc, count, t0 = torch.zeros(4, device=rs.device), 0, time.time()
+    for i in range(1, n + 1):
+        x, y = train_batch(rs)
+        loss, lm, crit, adv = meta_loss(rs.model, x, y, args.loss_id, rs.banned, args.adversarial, args.adv_random,
                                         args.adv_temperature)
-        optimizer_step(loss)
-        return torch.stack([loss.detach(), lm.detach(), crit.detach(), adv.detach()])
+        optimizer_step(rs, loss)
+        acc += torch.stack([loss.detach(), lm.detach(), crit.detach(), adv.detach()])
+        rs.step, count = rs.step + 1, count + 1
+        if i == n or (phase == 1 and i % args.eval_every == 0):
+            m = (acc / count).tolist()
+            if not all_finite(acc):
+                return f"non-finite loss at step {rs.step} (meta loss {m[0]})"
+            if phase == 1:
+                record(rs, 1, 0, rs.model, None, {"train/meta_loss": m[0], "train/lm_ce": m[1],
+                                                  "train/critic_ce": m[2], "train/adv_critic_ce": m[3]},
+                       time.time() - t0, count)
+            acc, count, t0 = torch.zeros(4, device=rs.device), 0, time.time()
+    return "ok"
 
-    def record(phase: int, self_step: int, critic, ref, train_row: dict, t_steps: float, n_steps: int) -> dict:
-        """Evaluate, sample, log one row and print a progress line; returns the row."""
-        row = {"phase": phase, "self_step": self_step, **train_row,
-               **evaluate(model, critic, ref, val_x, val_y, args.loss_id, banned)}
-        if n_steps:
-            row["perf/train_tokens_per_s"] = n_steps * tokens_per_step / max(t_steps, 1e-9)
-            row["perf/ms_per_step"] = 1000 * t_steps / n_steps
-        if args.sample_prompts:
-            gen, gen_tps = greedy_samples(model, prompts, args.sample_tokens, banned_ids)
-            row.update({"gen/distinct_1": distinct_n(gen, 1), "gen/distinct_2": distinct_n(gen, 2),
-                        "gen/repetition_rate": repetition_rate(gen), "perf/gen_tokens_per_s": gen_tps})
-            row["_sample"] = tok.decode(prompts[0].tolist()) + " ||| " + tok.decode(gen[0])
-        log.log(step, {k: v for k, v in row.items() if k != "_sample"})
-        row = {"step": step, **row}
-        rows.append(row)
-        print(f"phase {phase} step {step:5d} self {self_step:4d}  val CE {row['val/ce']:.3f}  self loss "
-              f"{row['val/self_loss']:.3f}  agree {row['val/critic_agreement']:.3f}"
-              + (f"  {row['perf/train_tokens_per_s']:.0f} tok/s" if n_steps else ""), flush=True)
-        return row
 
-    def finite(values: torch.Tensor) -> bool:
-        return bool(torch.isfinite(values).all())
+def meta_phase(rs: RunState) -> str:
+    """Phase 1: the step-0 evaluation, then --meta-steps meta steps. Returns the status."""
+    record(rs, 1, 0, rs.model, None, {}, 0.0, 0)
+    return run_meta(rs, rs.args.meta_steps, 1)
 
-    def run_meta(n: int, phase: int) -> bool:
-        """n meta steps; phase 1 evaluates every --eval-every steps. False on a non-finite loss."""
-        global step, status
-        acc, count, t0 = torch.zeros(4, device=device), 0, time.time()
-        for i in range(1, n + 1):
-            acc += meta_step()
-            step, count = step + 1, count + 1
-            if i == n or (phase == 1 and i % args.eval_every == 0):
-                m = (acc / count).tolist()
-                if not finite(acc):
-                    status = f"non-finite loss at step {step} (meta loss {m[0]})"
-                    return False
-                if phase == 1:
-                    record(1, 0, model, None, {"train/meta_loss": m[0], "train/lm_ce": m[1], "train/critic_ce": m[2],
-                                               "train/adv_critic_ce": m[3]}, time.time() - t0, count)
-                acc, count, t0 = torch.zeros(4, device=device), 0, time.time()
-        return True
 
-    start = time.time()
+def guard_restore(rs: RunState, best_state, critic) -> str:
+    """The hack guard: restore the segment's best weights and optimizer state, run --guard-meta-steps
+    meta steps on true labels, re-take the critic copy. Returns the status of the meta steps."""
+    args = rs.args
+    rs.model.load_state_dict(best_state[0])
+    rs.optimizer.load_state_dict(best_state[1])
+    set_lr(rs.optimizer, args.learning_rate)
+    status = run_meta(rs, args.guard_meta_steps, 2)
+    if status != "ok":
+        return status
+    set_lr(rs.optimizer, args.self_learning_rate)
+    if args.critic != "online":
+        critic.load_state_dict(rs.model.state_dict())
+    print(f"  hack guard: restored the best weights, {args.guard_meta_steps} meta steps, critic re-taken", flush=True)
+    return status
 
-    # ---- phase 1: meta training (LM CE + critic CE on true tokens) ----
-    print(f"{run_name}: {args.n_params:,} params, vocab {args.n_vocab}, corpus {args.corpus}, "
-          f"{args.train_tokens:,} train / {args.val_tokens:,} val tokens; critic {args.critic}", flush=True)
-    record(1, 0, model, None, {}, 0.0, 0)
-    ok = run_meta(args.meta_steps, 1)
-    meta_end = step
-    phase1_ce = rows[-1]["val/ce"]
 
-    # ---- phase 2: self training against the critic's argmax targets ----
+def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
+    """Phase 2: --self-steps self steps against the critic's argmax targets, evaluated at
+    phase2_eval_steps; with --hack-guard the detector runs at every evaluation. Returns (status, the
+    phase-2 evaluation rows, the steps at which the guard restored)."""
+    args, model, optimizer = rs.args, rs.model, rs.optimizer
+    status = "ok"
+    set_lr(optimizer, args.self_learning_rate)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)          # the phase-2 starting model (KL)
+    critic = model if args.critic == "online" else copy.deepcopy(ref)  # frozen/ema: a copy of the start
+    eval_at = set(phase2_eval_steps(args.self_steps, args.eval_every))
     guard_steps, hack_rows, segment = [], [], []     # segment: phase-2 evals since the last guard restore
-    self_time, self_count = 0.0, 0
-    if ok and args.self_steps > 0:
-        for group in optimizer.param_groups:
-            group["lr"] = args.self_learning_rate
-        ref = copy.deepcopy(model).eval().requires_grad_(False)          # the phase-2 starting model (KL)
-        critic = model if args.critic == "online" else copy.deepcopy(ref)  # frozen/ema: a copy of the start
-        eval_at = set(phase2_eval_steps(args.self_steps, args.eval_every))
-        best_state = None
-        acc, count, t0 = torch.zeros(2, device=device), 0, time.time()
-        for self_step in range(0, args.self_steps + 1):
-            if self_step > 0:
-                x, y = train_batch()
-                loss, agree = self_loss(model, critic, x, y, args.loss_id, banned)
-                optimizer_step(loss)
-                if args.critic == "ema":
-                    ema_update_(critic, model, args.ema_decay)
-                acc += torch.stack([loss.detach(), agree])
-                step, count = step + 1, count + 1
-            if self_step not in eval_at:
-                continue
-            dt = time.time() - t0
-            self_time, self_count = self_time + dt, self_count + count
-            m = (acc / max(count, 1)).tolist()
-            if not finite(acc):
-                status = f"non-finite loss at step {step} (self loss {m[0]})"
+    best_state = None
+    acc, count, t0 = torch.zeros(2, device=rs.device), 0, time.time()
+    for self_step in range(0, args.self_steps + 1):
+        if self_step > 0:
+            x, y = train_batch(rs)
+            loss, agree = self_loss(model, critic, x, y, args.loss_id, rs.banned)
+            optimizer_step(rs, loss)
+            if args.critic == "ema":
+                ema_update_(critic, model, args.ema_decay)
+            acc += torch.stack([loss.detach(), agree])
+            rs.step, count = rs.step + 1, count + 1
+        if self_step not in eval_at:
+            continue
+        dt = time.time() - t0
+        m = (acc / max(count, 1)).tolist()
+        if not all_finite(acc):
+            status = f"non-finite loss at step {rs.step} (self loss {m[0]})"
+            break
+        train_row = {"train/self_loss": m[0], "train/critic_agreement": m[1]} if count else {}
+        row = record(rs, 2, self_step, critic, ref, {**train_row, "guard/restores": len(guard_steps)}, dt, count)
+        hack_rows.append(row)
+        segment.append(row)
+        if args.hack_guard and (len(segment) == 1 or row["val/ce"] <= min(r["val/ce"] for r in segment[:-1])):
+            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        if args.hack_guard and self_step < args.self_steps and detect_hack(
+                [r["val/ce"] for r in segment], [r["val/self_loss"] for r in segment], args.hack_delta,
+                args.hack_patience) is not None:
+            guard_steps.append(rs.step)
+            status = guard_restore(rs, best_state, critic)
+            if status != "ok":
                 break
-            train_row = {"train/self_loss": m[0], "train/critic_agreement": m[1]} if count else {}
-            row = record(2, self_step, critic, ref, {**train_row, "guard/restores": len(guard_steps)}, dt, count)
-            samples.setdefault("phase2_start", row.get("_sample"))
-            hack_rows.append(row)
-            segment.append(row)
-            if args.hack_guard and (len(segment) == 1 or row["val/ce"] <= min(r["val/ce"] for r in segment[:-1])):
-                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
-            if args.hack_guard and self_step < args.self_steps and detect_hack(
-                    [r["val/ce"] for r in segment], [r["val/self_loss"] for r in segment], args.hack_delta,
-                    args.hack_patience) is not None:
-                # restore the best weights of this segment, re-learn from true labels, re-take the critic
-                guard_steps.append(step)
-                model.load_state_dict(best_state[0])
-                optimizer.load_state_dict(best_state[1])
-                for group in optimizer.param_groups:
-                    group["lr"] = args.learning_rate
-                if not run_meta(args.guard_meta_steps, 2):
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = args.self_learning_rate
-                if args.critic != "online":
-                    critic.load_state_dict(model.state_dict())
-                print(f"  hack guard: restored the best weights, {args.guard_meta_steps} meta steps, critic re-taken",
-                      flush=True)
-                segment = [record(2, self_step, critic, ref, {"guard/restores": len(guard_steps)}, 0.0, 0)]
-                hack_rows.append(segment[0])
-                best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
-            acc, count, t0 = torch.zeros(2, device=device), 0, time.time()
-    wall_time = time.time() - start
+            segment = [record(rs, 2, self_step, critic, ref, {"guard/restores": len(guard_steps)}, 0.0, 0)]
+            hack_rows.append(segment[0])
+            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        acc, count, t0 = torch.zeros(2, device=rs.device), 0, time.time()
+    return status, hack_rows, guard_steps
 
-    # ---- hack detection on the whole phase-2 curve, summary, plot ----
+
+def summarize(rs: RunState, status: str, phase1_ce: float, hack_rows: list[dict], guard_steps: list[int],
+              tokenizer_path: Optional[str], model_info: dict, wall_time: float) -> dict:
+    """Hack detection on the whole phase-2 curve and the run's summary."""
+    args, rows = rs.args, rs.rows
     ce_curve = [(r["self_step"], r["step"], r["val/ce"], r["val/self_loss"]) for r in hack_rows]
     j = detect_hack([c[2] for c in ce_curve], [c[3] for c in ce_curve], args.hack_delta, args.hack_patience)
     hack_self_step = None if j is None else ce_curve[j][0]
     hack_global = None if j is None else ce_curve[j][1]
+    samples = {}
+    if hack_rows:
+        samples["phase2_start"] = hack_rows[0].get("_sample")
     if j is not None:
         samples["at_hack"] = hack_rows[j].get("_sample")
     samples["end"] = rows[-1].get("_sample") if rows else None
     samples["phase1_start"] = rows[0].get("_sample") if rows else None
     p2 = [c[2] for c in ce_curve]
-    summary = {
+    return {
         "status": status, "critic": args.critic, "ema_decay": args.ema_decay, "adversarial": args.adversarial,
         "hack_guard": args.hack_guard, "meta_steps": args.meta_steps, "self_steps": args.self_steps,
         "seed": args.seed, "n_params": args.n_params, "n_vocab": args.n_vocab, "corpus": args.corpus,
-        "tokenizer": tok.kind, "tokenizer_path": tokenizer_path, "model_resized_from": model_info["resized_from"],
+        "tokenizer": rs.tok.kind, "tokenizer_path": tokenizer_path, "model_resized_from": model_info["resized_from"],
         "hack_step": hack_self_step, "hack_global_step": hack_global,
         "hack_rule": f"val CE > best + {args.hack_delta} for {args.hack_patience} evals while self loss < at best",
         "val_ce_start": rows[0]["val/ce"] if rows else None, "val_ce_end_phase1": phase1_ce if rows else None,
@@ -893,15 +1178,56 @@ if __name__ == "__main__":
         "gen_tokens_per_s": median_of(rows, None, "perf/gen_tokens_per_s"),
         "samples": samples, "wall_time_s": wall_time,
     }
-    log.summary(summary)
-    plot_run(rows, meta_end, hack_global, guard_steps, f"{run_name} (critic {args.critic})",
-             os.path.join(run_dir, "self_critic.png"))
-    log.close()
+
+
+def train(args: Args, log: RunLog) -> dict:
+    """Phase 1 (meta) then phase 2 (self) with the chosen critic, evaluated along the way; hack detection,
+    summary and plot. Writes tokenizer.json (BPE) and self_critic.png into log.run_dir; returns the summary."""
+    torch.set_num_threads(args.torch_threads)
+    device = pick_device(args.cuda)
+    quiet_transformers()
+    tok, train_ids, val_ids, model, model_info = prepare(args, device)
+    seed_everything(args.seed, args.torch_deterministic)     # same stream whatever prepare() consumed
+    tokenizer_path = tok.save(log.run_dir)
+
+    # ids the model must never produce as a token: the specials and embedding rows past the tokenizer
+    banned = torch.zeros(model_info["n_rows"], dtype=torch.bool, device=device)
+    banned[list(tok.special_ids.values())] = True
+    banned[tok.n_vocab:] = True
+    eval_batch = sample_windows(val_ids, args.eval_windows, args.block_size + 1, torch.Generator().manual_seed(0))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    rs = RunState(args=args, log=log, tok=tok, model=model, optimizer=optimizer, train_ids=train_ids,
+                  data_gen=torch.Generator().manual_seed(args.seed), val_x=eval_batch[:, :-1],
+                  val_y=eval_batch[:, 1:], prompts=eval_batch[:args.sample_prompts, :PROMPT_LEN], banned=banned,
+                  banned_ids=banned.nonzero().squeeze(-1).tolist(), device=device)
+    start = time.time()
+
+    # ---- phase 1: meta training (LM CE + critic CE on true tokens) ----
+    print(f"{log.run_name}: {args.n_params:,} params, vocab {args.n_vocab}, corpus {args.corpus}, "
+          f"{args.train_tokens:,} train / {args.val_tokens:,} val tokens; critic {args.critic}", flush=True)
+    status = meta_phase(rs)
+    meta_end, phase1_ce = rs.step, rs.rows[-1]["val/ce"]
+
+    # ---- phase 2: self training against the critic's argmax targets ----
+    hack_rows, guard_steps = [], []
+    if status == "ok" and args.self_steps > 0:
+        status, hack_rows, guard_steps = self_phase(rs)
+    wall_time = time.time() - start
+
+    # ---- hack detection on the whole phase-2 curve, summary, plot ----
+    summary = summarize(rs, status, phase1_ce, hack_rows, guard_steps, tokenizer_path, model_info, wall_time)
+    plot_run(rs.rows, meta_end, summary["hack_global_step"], guard_steps, f"{log.run_name} (critic {args.critic})",
+             os.path.join(log.run_dir, "self_critic.png"))
     for name in ("phase2_start", "at_hack", "end"):
-        if samples.get(name):
-            print(f"sample {name}: {samples[name]!r}")
-    print(f"{run_name}: val CE {summary['val_ce_start']:.3f} -> {phase1_ce:.3f} (phase 1) -> "
-          f"{summary['val_ce_end'] if p2 else float('nan'):.3f} (phase 2), hack step {hack_self_step}, "
-          f"{wall_time:.1f} s -> {run_dir}")
-    if status != "ok":
-        sys.exit(f"self_critic_lm.py: stopped: {status}; metrics so far are in {run_dir}/metrics.jsonl")
+        if summary["samples"].get(name):
+            print(f"sample {name}: {summary['samples'][name]!r}")
+    print(f"{log.run_name}: val CE {summary['val_ce_start']:.3f} -> {phase1_ce:.3f} (phase 1) -> "
+          f"{summary['val_ce_end'] if hack_rows else float('nan'):.3f} (phase 2), hack step {summary['hack_step']}, "
+          f"{wall_time:.1f} s -> {log.run_dir}")
+    return summary
+
+
+if __name__ == "__main__":
+    args = parse_args("self_critic_lm.py", Args, finalize_args)
+    sys.exit(run_experiment("self_critic_lm.py", args, train, x_axis="step"))

@@ -1,5 +1,6 @@
 """self_critic_lm.py: oracle tests of the critic input, EMA, hack detector, metrics and shared LM blocks;
-subprocess smoke tests of every critic mode and mitigation with a tiny model."""
+in-process smoke runs of every critic mode and mitigation with a tiny model (one through the real CLI with
+--track offline); the bad-input table; a non-finite loss in either phase."""
 
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import read_json, read_metrics
+from conftest import assert_bad_input, read_json, read_metrics, run_in_process
 
 import self_critic_lm as S
 
@@ -19,7 +20,7 @@ TINY = ("--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--n-kv-head", "1",
 
 
 def tiny_args(**kw) -> S.Args:
-    args = S.Args(n_embd=32, n_layer=1, n_head=2, n_kv_head=1, block_size=16, **kw)
+    args = S.Args(**{"n_embd": 32, "n_layer": 1, "n_head": 2, "n_kv_head": 1, "block_size": 16, **kw})
     return S.finalize_args(args)
 
 
@@ -200,7 +201,7 @@ def test_bpe_tokenizer_trains_saves_and_reloads(tmp_path):
 
 def test_loss_token_is_added_and_pretrained_embeddings_resized(tmp_path):
     save_byte_checkpoint(tmp_path / "ckpt")
-    args = tiny_args(model_name_or_path=str(tmp_path / "ckpt"))
+    args = tiny_args(model_name_or_path=str(tmp_path / "ckpt"), sample_tokens=8)
     model, info = S.build_lm(args, 257, 48)
     assert info["resized_from"] == 256 and info["n_rows"] == 257
     assert model.get_input_embeddings().weight.shape[0] == 257
@@ -213,43 +214,126 @@ def test_loss_token_is_added_and_pretrained_embeddings_resized(tmp_path):
     assert scratch.config.tie_word_embeddings and scratch.config._attn_implementation == "eager"
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"critic": "greedy"}, "unknown --critic 'greedy'"),
-    ({"model_name_or_path": "/no/such/model"}, "does not exist"),
-    ({"n_head": 4, "n_kv_head": 3}, "does not divide"),
-    ({"ema_decay": 1.5}, "--ema-decay must lie in [0, 1]"),
-])
-def test_finalize_rejects_bad_arguments(kw, message):
-    base = dict(n_embd=32, n_layer=1, n_head=2, n_kv_head=1, block_size=16)
-    with pytest.raises(ValueError) as e:
-        S.finalize_args(S.Args(**{**base, **kw}))
-    assert message in str(e.value) and "\n" not in str(e.value)
-
-
-def test_prepare_rejects_short_text_missing_datasets_and_small_context(tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("x" * 30)                                     # 27 train / 3 validation bytes
-    with pytest.raises(ValueError, match="too short for --block-size 16"):
-        S.prepare(tiny_args(text_path=str(short)), torch.device("cpu"))
-    with pytest.raises(ValueError, match="needs the `datasets` package"):
-        S.prepare(tiny_args(hf_dataset="roneneldan/TinyStories"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="is not a file"):
-        S.prepare(tiny_args(text_path=str(tmp_path)), torch.device("cpu"))
+def test_scratch_model_on_the_meta_device_has_the_real_parameter_count():
+    """finalize_args counts parameters on the meta device (nothing allocated): the count must be the real one."""
+    for kw in ({}, {"n_embd": 48, "n_layer": 2, "n_head": 4, "n_kv_head": 2}):
+        args = tiny_args(**kw)
+        model, info = S.build_lm(args, args.n_vocab, max(args.critic_len, S.PROMPT_LEN + args.sample_tokens))
+        assert args.n_params == info["n_params"] == sum(p.numel() for p in model.parameters())
+        assert args.n_vocab == 257 and args.loss_id == 256 and args.train_tokens > args.val_tokens > 0
 
 
 # ------------------------------------------------------------------------------------------------
-# Smoke runs (subprocess, temporary directory)
+# Bad input: one line, exit status 2, no traceback, no run folder
+# ------------------------------------------------------------------------------------------------
+def input_files(tmp_path) -> dict:
+    """Placeholder -> path of a malformed or too-short input file or folder under tmp_path."""
+    files = {"EMPTY": ("empty.txt", "  \n"), "SHORT": ("short.txt", "x" * 30), "NOTOK": ("notok.json", '{"a": 1}'),
+             "EMPTYJSON": ("empty.json", ""), "GARBAGE": ("garbage.json", "garbage{")}
+    out = {}
+    for key, (name, text) in files.items():
+        (tmp_path / name).write_text(text)
+        out[key] = str(tmp_path / name)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "badckpt").mkdir()
+    (tmp_path / "badckpt" / "config.json").write_text('{"model_type": "nonsense"}')
+    out.update(DIR=str(tmp_path / "emptydir"), BADCKPT=str(tmp_path / "badckpt"))
+    return out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--critic", "greedy"), "unknown --critic 'greedy'"),
+    (("--torch-threads", "0"), "--torch-threads must be positive"),
+    (("--learning-rate", "-1"), "--learning-rate must be a finite number > 0"),
+    (("--learning-rate", "inf"), "--learning-rate must be a finite number > 0"),
+    (("--self-learning-rate", "0"), "--self-learning-rate must be a finite number > 0"),
+    (("--max-grad-norm", "0"), "--max-grad-norm must be a finite number > 0"),
+    (("--weight-decay", "-0.1"), "--weight-decay must be a finite number >= 0"),
+    (("--weight-decay", "2000"), "x --weight-decay must be below 1"),
+    (("--n-embd", "0"), "--n-embd must be positive"),
+    (("--n-layer", "0"), "--n-layer must be positive"),
+    (("--n-head", "3"), "--n-kv-head 2 does not divide --n-head 3"),
+    (("--n-head", "4", "--n-kv-head", "3"), "does not divide"),
+    (("--n-embd", "100", "--n-head", "8", "--n-kv-head", "2"), "--n-head 8 does not divide --n-embd 100"),
+    (("--n-embd", "6", "--n-head", "2", "--n-kv-head", "1"), "must be even"),
+    (("--block-size", "0"), "--block-size must be positive"),
+    (("--batch-size", "0"), "--batch-size must be positive"),
+    (("--meta-steps", "0"), "--meta-steps must be positive"),
+    (("--self-steps", "-1"), "--self-steps must be non-negative"),
+    (("--guard-meta-steps", "-1"), "--guard-meta-steps must be non-negative"),
+    (("--vocab-size", "0"), "--vocab-size must be positive"),
+    (("--seed", "-1"), "--seed must lie in [0, 2**32)"),
+    (("--ema-decay", "1.5"), "--ema-decay must lie in [0, 1)"),
+    (("--ema-decay", "1"), "--ema-decay must lie in [0, 1)"),
+    (("--adv-random", "-0.1"), "--adv-random must lie in [0, 1]"),
+    (("--adv-temperature", "0"), "--adv-temperature must be a finite number > 0"),
+    (("--val-fraction", "1"), "--val-fraction must lie in (0, 1)"),
+    (("--hack-delta", "-1"), "--hack-delta must be a finite number >= 0"),
+    (("--hack-patience", "0"), "--hack-patience must be positive"),
+    (("--hack-patience", "20"), "needs at least 21 phase-2 evaluations"),          # the detector could never fire
+    (("--eval-every", "0"), "--eval-every must be positive"),
+    (("--eval-windows", "0"), "--eval-windows must be positive"),
+    (("--sample-prompts", "40"), "--sample-prompts 40 exceeds --eval-windows 32"),
+    (("--sample-tokens", "0"), "--sample-tokens must be positive"),
+    (("--text-path", "a", "--hf-dataset", "b"), "at most one of --text-path and --hf-dataset"),
+    (("--hf-dataset", "roneneldan/TinyStories"), "needs the `datasets` package"),
+    (("--text-path", "/no/such.txt"), "is not a file"),
+    (("--text-path", "DIR"), "is not a file"),
+    (("--text-path", "EMPTY"), "is empty"),
+    (("--text-path", "SHORT"), "too short for --block-size 32"),
+    (("--text-path", "SHORT", "--block-size", "16"), "27 train / 3 validation tokens"),
+    (("--tokenizer", "nosuch"), "is neither byte, bpe nor an existing file or folder"),
+    (("--tokenizer", "NOTOK"), "could not be loaded"),                             # JSON, not a tokenizer
+    (("--tokenizer", "EMPTYJSON"), "could not be loaded"),
+    (("--tokenizer", "GARBAGE"), "could not be loaded"),
+    (("--tokenizer", "DIR"), "could not be loaded"),
+    (("--tokenizer", "bpe", "--vocab-size", "100"), "--vocab-size 100 must be at least 257"),
+    (("--model-name-or-path", "/no/such/model"), "is not a folder"),
+    (("--model-name-or-path", "EMPTY"), "is not a folder"),
+    (("--model-name-or-path", "DIR"), "could not be loaded"),
+    (("--model-name-or-path", "BADCKPT"), "could not be loaded"),
+    (("--n-embd", "32768", "--n-layer", "8", "--n-head", "64", "--n-kv-head", "64"), "GiB"),   # the weights
+    (("--batch-size", "100000", "--block-size", "1024"), "GiB"),                                # the logits
+    (("--batch-size", "abc"), None),                                            # tyro's parse box
+    (("--no-such-flag", "1"), None),
+])
+def test_bad_input_fails_fast_with_one_line(args, message, capsys, tmp_path, monkeypatch):
+    files = input_files(tmp_path)
+    args = tuple(files.get(a, a) for a in args)
+    assert_bad_input(S, SCRIPT, args, message, capsys, tmp_path, monkeypatch)
+
+
+def test_a_checkpoint_with_a_short_context_is_refused(capsys, tmp_path, monkeypatch):
+    save_byte_checkpoint(tmp_path / "ckpt")                                      # context 64 < 3 * 32
+    err = assert_bad_input(S, SCRIPT, ("--model-name-or-path", str(tmp_path / "ckpt")), "has a context of 64",
+                           capsys, tmp_path, monkeypatch)
+    assert "the run needs 96 positions" in err
+
+
+def test_bad_input_in_a_subprocess_leaves_no_folder(run):
+    proc, run_dir = run(SCRIPT, "--learning-rate", "-1", extra_env=OFFLINE)
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "self_critic_lm.py: error: --learning-rate must be a finite number > 0, got -1.0"
+
+
+# ------------------------------------------------------------------------------------------------
+# Smoke runs (in process, and one through the real CLI; temporary directory)
 # ------------------------------------------------------------------------------------------------
 def comparable(rows):
     """Metric rows without the wall-clock-dependent columns."""
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
 
 
-def test_online_run_outputs_phase1_learns_and_is_deterministic(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--critic", "online", extra_env=OFFLINE)
-    assert proc.returncode == 0, proc.stderr
+def test_online_run_outputs_phase1_learns_and_is_deterministic(tmp_path, capsys):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    code, run_dir = run_in_process(S, SCRIPT, "step", tmp_path / "a", *TINY, "--critic", "online")
+    out = capsys.readouterr().out
+    assert code == 0
     rows, summary = read_metrics(run_dir), read_json(run_dir / "summary.json")
     assert (run_dir / "self_critic.png").stat().st_size > 1000 and (run_dir / "config.json").exists()
+    config = read_json(run_dir / "config.json")
+    assert config["x_axis"] == "step" and config["args"]["n_params"] == summary["n_params"] > 0
+    assert config["args"]["n_vocab"] == 257 and config["args"]["train_tokens"] > 0
     phase1 = [r for r in rows if r["phase"] == 1]
     assert phase1[-1]["val/ce"] < phase1[0]["val/ce"] - 0.3          # a tiny phase 1 lowers validation CE
     assert summary["val_ce_end_phase1"] < summary["val_ce_start"]
@@ -260,13 +344,15 @@ def test_online_run_outputs_phase1_learns_and_is_deterministic(run):
         assert key in phase2[-1], key
     assert phase2[0]["val/kl_from_start"] == pytest.approx(0.0, abs=1e-5)
     assert rows[-1]["step"] == 10 + 12 and len(summary["ce_curve"]) == len(phase2)
-    assert "sample phase2_start" in proc.stdout and "sample end" in proc.stdout
-    proc2, run_dir2 = run(SCRIPT, *TINY, "--critic", "online", extra_env=OFFLINE)
-    assert proc2.returncode == 0, proc2.stderr
+    assert summary["status"] == "ok" and summary["rows_logged"] == len(rows) and summary["last_step"] == 22
+    assert "sample phase2_start" in out and "sample end" in out
+    code2, run_dir2 = run_in_process(S, SCRIPT, "step", tmp_path / "b", *TINY, "--critic", "online")
+    assert code2 == 0
     assert comparable(read_metrics(run_dir2)) == comparable(rows)
 
 
 def test_frozen_adversarial_guard_with_bpe_and_tracking(run):
+    """The real CLI path, with --track offline."""
     proc, run_dir = run(SCRIPT, *TINY, "--critic", "frozen", "--adversarial", "True", "--hack-guard", "True",
                         "--guard-meta-steps", "3", "--self-steps", "40", "--learning-rate", "1e-2",
                         "--tokenizer", "bpe", "--vocab-size", "300", "--track=True", "--wandb-project-name", "test",
@@ -281,32 +367,52 @@ def test_frozen_adversarial_guard_with_bpe_and_tracking(run):
     assert list((run_dir / "wandb").glob("offline-run-*"))
 
 
-def test_ema_critic_on_a_local_pretrained_checkpoint_and_text_file(run, tmp_path):
+def test_ema_critic_on_a_local_pretrained_checkpoint_and_text_file(tmp_path, capsys):
     save_byte_checkpoint(tmp_path / "ckpt")
     text = tmp_path / "corpus.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 200)
-    proc, run_dir = run(SCRIPT, *TINY, "--critic", "ema", "--ema-decay", "0.9", "--model-name-or-path",
-                        str(tmp_path / "ckpt"), "--text-path", str(text), extra_env=OFFLINE)
-    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "cwd").mkdir()
+    code, run_dir = run_in_process(S, SCRIPT, "step", tmp_path / "cwd", *TINY, "--critic", "ema", "--ema-decay", "0.9",
+                                   "--model-name-or-path", str(tmp_path / "ckpt"), "--text-path", str(text))
+    assert code == 0, capsys.readouterr().err
     summary = read_json(run_dir / "summary.json")
     assert summary["model_resized_from"] == 256 and summary["n_vocab"] == 257 and "corpus.txt" in summary["corpus"]
     assert summary["val_ce_end_phase1"] < summary["val_ce_start"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--critic", "greedy"), "unknown --critic 'greedy'"),
-    (("--text-path", "EMPTY"), "is empty"),
+# ------------------------------------------------------------------------------------------------
+# A non-finite loss stops the run; every finished row stays, summary.json is strict JSON
+# ------------------------------------------------------------------------------------------------
+def poison_after(real, n_good: int):
+    """real(...) for the first n_good calls, then the same with a NaN total loss."""
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        out = list(real(*a, **kw))
+        calls["n"] += 1
+        if calls["n"] > n_good:
+            out[0] = out[0] * float("nan")
+        return tuple(out)
+
+    return poisoned
+
+
+@pytest.mark.parametrize("phase, fn, n_good, stop_step, phase_rows", [
+    (1, "meta_loss", 7, 10, (2, 0)),        # meta steps 1-7 fine: rows at steps 0 and 5; step 10's window has NaN
+    (2, "self_loss", 5, 10 + 10, (3, 5)),   # self steps 1-5 fine: rows at self steps 0, 1, 2, 4, 5; stops at 10
 ])
-def test_bad_input_fails_fast_with_one_line(run, tmp_path, args, message):
-    (tmp_path / "empty.txt").write_text("  \n")
-    args = tuple(str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in args)
-    proc, run_dir = run(SCRIPT, *args, extra_env=OFFLINE)
-    assert proc.returncode != 0 and run_dir is None
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
-def test_non_finite_loss_stops_and_keeps_the_log(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--learning-rate", "inf", extra_env=OFFLINE)
-    assert proc.returncode != 0 and "non-finite loss" in proc.stderr
-    assert read_metrics(run_dir)                                   # the step-0 evaluation row survives
-    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
+def test_non_finite_loss_stops_and_keeps_the_log(phase, fn, n_good, stop_step, phase_rows, tmp_path, monkeypatch,
+                                                 capsys):
+    monkeypatch.setattr(S, fn, poison_after(getattr(S, fn), n_good))
+    code, run_dir = run_in_process(S, SCRIPT, "step", tmp_path, *TINY)
+    err = capsys.readouterr().err
+    assert code == 1 and "stopped: non-finite loss" in err and "Traceback" not in err, err
+    rows = read_metrics(run_dir)
+    assert [sum(r["phase"] == p for r in rows) for p in (1, 2)] == list(phase_rows)
+    assert all(r["val/ce"] is not None for r in rows)                  # only finished, finite rows were logged
+    text = (run_dir / "summary.json").read_text()
+    assert "NaN" not in text
+    summary = read_json(run_dir / "summary.json")
+    assert summary["status"] == f"non-finite loss at step {stop_step} ({'meta' if phase == 1 else 'self'} loss nan)"
+    assert summary["rows_logged"] == len(rows) and summary["last_step"] == rows[-1]["step"]
+    assert (run_dir / "self_critic.png").exists()
