@@ -64,7 +64,10 @@ Run:      python gist_meta.py                     (all stages)
           python gist_meta.py --stage c --val-select similar --first-order True
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer/meta steps of all
           stages in order, each row has "stage"), summary.json, stage_a.png, stage_b.png,
-          stage_c.png, tokenizer.json (BPE)
+          stage_c.png, tokenizer.json (BPE); summary.json's "status" is ok, a non-finite loss (the
+          run stops, every row kept), interrupted (SIGINT/SIGTERM) or failed (traceback.txt)
+Code:     finalize_args checks every argument and input file before a run folder exists; train
+          runs stage_a, stage_b, stage_c and evaluate_stage_c in that order
 Runtime:  the defaults took 9 min wall / 4.3 min CPU on one thread of a shared 2-core VM
           (benchmark/gist_meta_defaults.sh); README, "Speed".
 Result:   (README, 1M params, 3 seeds) the gist bottleneck loses nothing measurable (the controls
@@ -74,11 +77,13 @@ Result:   (README, 1M params, 3 seeds) the gist bottleneck loses nothing measura
 """
 
 import copy
+import functools
 import hashlib
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -236,8 +241,9 @@ EVAL_RULES = ("learned", "fixed", "stage_b", "ce", "none")
 GIST = "<gist>"
 
 
-def finalize_args(args: Args) -> Args:
-    """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
+def check_args(args: Args) -> Args:
+    """Check every argument on its own (no file is read) and fill the derived fields; a ValueError
+    carries a one-line reason."""
     choices = {"stage": STAGES, "val_select": VAL_SELECT, "sim_repr": SIM_REPR,
                "b_target": ("frozen", "ema"), "b_pred_encoder": ("online", "target")}
     for name, allowed in choices.items():
@@ -247,6 +253,8 @@ def finalize_args(args: Args) -> Args:
         bad = [m for m in getattr(args, name) if m not in allowed]
         if bad or not getattr(args, name):
             raise ValueError(f"unknown --{name.replace('_', '-')} {bad or '(empty)'}; choose from {', '.join(allowed)}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
     if args.num_gist_tokens < 1:
         raise ValueError(f"--num-gist-tokens (k) must be at least 1, got {args.num_gist_tokens}")
     for name in ("context_len", "cont_len", "c_chunk_len"):
@@ -255,28 +263,114 @@ def finalize_args(args: Args) -> Args:
     if not 1 <= args.a_head_tokens <= args.cont_len:
         raise ValueError(f"--a-head-tokens must lie in [1, --cont-len], got {args.a_head_tokens}")
     for name in ("a_steps", "b_steps", "c_steps", "batch_size", "meta_batch_size", "eval_every", "eval_batches",
-                 "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "torch_threads"):
+                 "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "torch_threads",
+                 "n_embd", "n_layer", "n_head", "n_kv_head"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("a_lr", "b_lr", "meta_lr", "inner_lr", "soft_temperature", "fd_eps"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0.0 <= args.b_ema < 1.0:
-        raise ValueError(f"--b-ema must lie in [0, 1), got {args.b_ema}")
+    for name in ("a_lr", "b_lr", "meta_lr", "inner_lr", "soft_temperature", "fd_eps", "max_grad_norm"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
+    for name in ("b_ema", "weight_decay"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(args, name)}")
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
-    if args.n_head % args.n_kv_head or args.n_embd % args.n_head:
-        raise ValueError(f"need --n-kv-head | --n-head | --n-embd, got {args.n_kv_head}, {args.n_head}, {args.n_embd}")
+    if args.n_embd % args.n_head:
+        raise ValueError(f"--n-head {args.n_head} does not divide --n-embd {args.n_embd}")
+    if args.n_head % args.n_kv_head:
+        raise ValueError(f"--n-kv-head {args.n_kv_head} does not divide --n-head {args.n_head}")
+    if (args.n_embd // args.n_head) % 2:
+        raise ValueError(f"the head width --n-embd / --n-head = {args.n_embd // args.n_head} must be even (RoPE "
+                         f"rotates pairs of dimensions)")
+    if args.tokenizer == "bpe" and args.vocab_size < 257:
+        raise ValueError(f"--vocab-size {args.vocab_size} must be at least 257 for byte-level BPE")
     if args.text_path is not None and args.hf_dataset is not None:
         raise ValueError("give at most one of --text-path and --hf-dataset")
-    if args.model_name_or_path is not None and not os.path.exists(args.model_name_or_path):
-        raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} does not exist (only local checkpoints are loaded)")
+    if args.text_path is not None and not os.path.isfile(args.text_path):
+        raise ValueError(f"--text-path {args.text_path!r} is not a file")
+    if args.model_name_or_path is not None and not os.path.isdir(args.model_name_or_path):
+        raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} is not a folder (only local checkpoints "
+                         f"are loaded)")
     args.run_stages = ("a", "b", "c") if args.stage == "all" else (args.stage,)
     modes = args.a_modes if args.stage in ("a", "all") else ()
     args.a_run_modes = ("gist",) + tuple(m for m in dict.fromkeys(modes) if m != "gist")
     args.n_positions = max(args.context_len + args.num_gist_tokens + args.cont_len,
                            2 * args.c_chunk_len + args.num_gist_tokens)
     return args
+
+
+def loader_error(flag: str, value, e: Exception) -> ValueError:
+    """One line for a loader's failure: its own one-line ValueError as it is, anything else (a library's
+    exception, maybe several lines long) as '{flag} {value!r} could not be loaded: {first line}'."""
+    text = str(e).strip()
+    if isinstance(e, ValueError) and text.startswith("--") and "\n" not in text:
+        return e
+    return ValueError(f"{flag} {value!r} could not be loaded: {text.splitlines()[0] if text else type(e).__name__}")
+
+
+def check_inputs(args: Args) -> Args:
+    """Read every input the run needs, before any run folder exists: the corpus (too short or
+    unreadable), the tokenizer (sets args.gist_id and args.n_vocab), the checkpoint (loaded once
+    here and again in train), and the memory estimate of the largest allocations. Every failure is
+    a ValueError with one line. The from-scratch model is only built on the meta device here
+    (shapes, no memory)."""
+    if args.text_path is not None:                # str + bytes + id list + tensor: about 40 bytes per byte
+        check_memory(40 * os.path.getsize(args.text_path), f"reading --text-path {args.text_path!r}",
+                     torch.device("cpu"))
+    try:
+        tok, train_ids, val_ids, _ = load_data(args)
+    except OSError as e:
+        raise ValueError(f"--text-path {args.text_path!r} could not be read: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 -- load_data's own errors are one line already
+        if isinstance(e, ValueError) and "\n" not in str(e).strip():
+            raise
+        raise loader_error("the corpus", args.text_path or args.hf_dataset or "pydoc_data.topics", e) from None
+    args.gist_id, args.n_vocab = tok.special_ids[GIST], tok.n_vocab
+    n_tokens = len(train_ids) + len(val_ids)
+    del tok, train_ids, val_ids
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if args.model_name_or_path is None:
+        try:
+            with torch.device("meta"):
+                shapes, info = build_lm(args, args.n_vocab, args.n_positions, attn_implementation="eager")
+        except Exception as e:  # noqa: BLE001 -- a config the library refuses becomes one line
+            raise loader_error("the model", f"d={args.n_embd}, {args.n_layer} layers, {args.n_head} heads", e) from None
+        n_params, config = info["n_params"], shapes.config
+    else:
+        try:
+            config = AutoConfig.from_pretrained(args.model_name_or_path)
+            with torch.device("meta"):
+                shapes = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+        except Exception as e:  # noqa: BLE001 -- not a causal-LM checkpoint folder
+            raise loader_error("--model-name-or-path", args.model_name_or_path, e) from None
+        rows = shapes.get_input_embeddings().weight.shape[0]
+        tied = shapes.get_output_embeddings() is None or \
+            shapes.get_output_embeddings().weight is shapes.get_input_embeddings().weight
+        n_params = sum(p.numel() for p in shapes.parameters()) + \
+            max(0, args.n_vocab - rows) * shapes.get_input_embeddings().weight.shape[1] * (1 if tied else 2)
+    d = getattr(config, "hidden_size", args.n_embd)
+    n_layer = getattr(config, "num_hidden_layers", args.n_layer)
+    n_head = getattr(config, "num_attention_heads", args.n_head)
+    del shapes
+    size = f"{n_params / 1e6:.4g}M" if n_params < 1e9 else f"{n_params / 1e9:.4g}B"
+    check_memory(memory_estimate(args, n_params, args.n_vocab, d, n_layer, n_head, n_tokens),
+                 f"a run with {size} parameters (d={d}, {n_layer} layers, {n_head} heads, "
+                 f"{args.n_vocab} ids), its optimizer states, copies and activations", pick_device(args.cuda))
+    if args.model_name_or_path is not None:      # weights that do not load must fail here, not in train
+        try:
+            model, _ = load_model(args)
+        except Exception as e:  # noqa: BLE001 -- build_lm's and check_positions' own errors are one line
+            if isinstance(e, ValueError) and "\n" not in str(e).strip():
+                raise
+            raise loader_error("--model-name-or-path", args.model_name_or_path, e) from None
+        del model
+    return args
+
+
+def finalize_args(args: Args) -> Args:
+    """check_args, then check_inputs: every bad argument or input file is a one-line ValueError."""
+    return check_inputs(check_args(args))
 
 
 def required_tokens(args: Args) -> int:
@@ -290,6 +384,31 @@ def check_positions(n_positions: int, model_positions: Optional[int]) -> None:
     if model_positions is not None and n_positions > model_positions:
         raise ValueError(f"the run needs {n_positions} positions (Lc + k + Lx and 2L + k) but the model has "
                          f"{model_positions}; lower --context-len, --cont-len, --c-chunk-len or --num-gist-tokens")
+
+
+def activation_bytes(rows: int, spans, d: int, n_layer: int, n_head: int, n_vocab: int) -> float:
+    """float32 bytes one forward pass keeps for its backward: rows sequences, each of the given span
+    lengths; per token and layer about 34 d values (norms, q/k/v/o, SwiGLU 4d x 3, residuals), per
+    span and head two T x T attention maps (eager), and three T x V logit tensors."""
+    return 4.0 * rows * sum(n_layer * (34 * d * T + 2 * n_head * T * T) + 3 * T * n_vocab for T in spans)
+
+
+def memory_estimate(args: Args, n_params: int, n_vocab: int, d: int, n_layer: int, n_head: int,
+                    n_tokens: int) -> float:
+    """Bytes of the run's largest allocations: about 10 float32 copies of the weights (stage A's model,
+    start state and gist model; gradients and two Adam moments; stage B's target; stage C's start
+    model, inner-step weights and meta-gradients), the token ids (int64, on the host and the device),
+    and the activations of the largest step of the stages that run (x2 for a backward pass, x3 for
+    stage C's double backward)."""
+    Lc, k, Lx, L = args.context_len, args.num_gist_tokens, args.cont_len, args.c_chunk_len
+    dims = (d, n_layer, n_head, n_vocab)
+    steps = [2 * activation_bytes(args.batch_size, [Lc + k + Lx], *dims)]
+    if "b" in args.run_stages:
+        steps.append(2 * activation_bytes(args.batch_size, [Lc, Lc + k, Lc + k], *dims))
+    if "c" in args.run_stages:
+        steps.append((2 if args.first_order else 3) * activation_bytes(args.meta_batch_size, [L, L + k, 2 * L + k],
+                                                                       *dims))
+    return 4.0 * 10 * n_params + 16.0 * n_tokens + max(steps)
 
 
 # ==================================================================================================
@@ -726,22 +845,56 @@ def pick_device(cuda: bool) -> torch.device:
 
 
 # >>> copied: run-name
+def check_exp_name(exp_name: str) -> None:
+    """A run folder is always directly under runs/: no path separator, no '..', a length that fits."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or (os.altsep and os.altsep in exp_name) \
+            or os.sep in exp_name or "\0" in exp_name:
+        raise ValueError(f"--exp-name {exp_name!r} must be a plain name (no path separator, not '.' or '..')")
+    if len(exp_name.encode()) > 200:
+        raise ValueError(f"--exp-name is {len(exp_name.encode())} bytes long; at most 200 fit in a folder name")
+
+
 def make_run_dir(exp_name: str, seed: int, root: str = "runs") -> tuple[str, str]:
-    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir)."""
+    """Create runs/{exp_name}__{seed}__{unix time}[-k] atomically; returns (run_name, run_dir).
+    A folder that cannot be created is a ValueError with the reason, raised before any work."""
+    check_exp_name(exp_name)
     base = f"{exp_name}__{seed}__{int(time.time())}"
-    for k in range(10_000):
-        run_name = base if k == 0 else f"{base}-{k}"
-        run_dir = os.path.join(root, run_name)
-        try:
-            os.makedirs(run_dir)
-            return run_name, run_dir
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run folder for {base}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        for k in range(10_000):
+            run_name = base if k == 0 else f"{base}-{k}"
+            run_dir = os.path.join(root, run_name)
+            try:
+                os.mkdir(run_dir)
+                return run_name, run_dir
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise ValueError(f"cannot create a run folder under {os.path.abspath(root)!r}: {e.strerror or e}") from None
+    raise ValueError(f"could not create a fresh run folder for {base}")
 # <<< copied: run-name
 
 
 # >>> copied: wandb-init
+def check_wandb(track: bool) -> None:
+    """--track needs W&B credentials (WANDB_API_KEY or `wandb login`) or WANDB_MODE=offline/disabled."""
+    if not track or os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun", "disabled"):
+        return
+    if os.environ.get("WANDB_API_KEY"):
+        return
+    import netrc
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise ValueError("--track=True needs W&B credentials: run `wandb login`, set WANDB_API_KEY, "
+                     "or set WANDB_MODE=offline")
+
+
 def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
     """Start a W&B run that plots every metric against x_axis; honours WANDB_MODE=offline."""
     import wandb
@@ -755,43 +908,168 @@ def init_wandb(args, run_name: str, run_dir: str, x_axis: str):
 
 
 # >>> copied: outputs
-def _to_builtin(value):
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
+def to_json_safe(value):
+    """Builtins for json: numpy/torch scalars and arrays become numbers and lists, NaN/Inf become None
+    (metrics.jsonl and summary.json stay valid JSON); anything else unknown becomes its str."""
+    if isinstance(value, dict):
+        return {str(k): to_json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_safe(v) for v in value]
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return to_json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
     return str(value)
 
 
 def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=_to_builtin)
+    """Write obj as strict JSON (no NaN) via a temporary file, so a reader never sees half a file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(to_json_safe(obj), f, indent=2, allow_nan=False)
+    os.replace(path + ".tmp", path)
 
 
 class RunLog:
     """runs/{run_name}/: config.json (vars(args) + argv), metrics.jsonl (one row per log call, the
-    x-axis first), summary.json; with --track every row and the summary also go to W&B."""
+    x-axis first, flushed line by line), summary.json; with --track every row and the summary also go
+    to W&B. `last_x` and `rows` say how far the run got (for an interrupted run's summary)."""
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
-        self.run_dir, self.x_axis = run_dir, x_axis
+        self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
+        self.last_x, self.rows = None, 0
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
 
     def log(self, x: int, row: dict) -> None:
-        row = {self.x_axis: x, **row}
-        self.metrics.write(json.dumps(row, default=_to_builtin) + "\n")
+        row = to_json_safe({self.x_axis: x, **row})
+        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
+        self.last_x, self.rows = x, self.rows + 1
         if self.wandb is not None:
             self.wandb.log(row)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, (list, dict))})
+            self.wandb.summary.update({k: v for k, v in to_json_safe(summary).items()
+                                       if not isinstance(v, (list, dict))})
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
         self.metrics.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 # <<< copied: outputs
+
+
+# >>> copied: entry
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM (a BaseException, like KeyboardInterrupt, so that
+    no `except Exception` swallows it); the run ends with status 'interrupted'."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def fail(script: str, message: str, code: int = 2):
+    """One line on stderr, no traceback, a non-zero exit."""
+    print(f"{script}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def check_memory(nbytes: float, what: str, device: torch.device) -> None:
+    """Refuse, before any work, buffers that cannot fit: nbytes is the script's estimate of its large
+    allocations on `device` (host RAM from /proc/meminfo, or the GPU's free memory)."""
+    if device.type == "cuda":
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            available = info.get("MemAvailable", info["MemTotal"])
+        except (OSError, KeyError, ValueError, IndexError):
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > 0.8 * available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB, more than 80% of the "
+                         f"{available / 2**30:.3g} GiB available on {device.type}")
+
+
+def parse_args(script: str, args_cls, finalize):
+    """tyro arguments (bool flags as --flag=True/False), then the script's checks finalize(args) and the
+    run-folder and W&B checks; bad input (a ValueError) ends here with one line and exit status 2,
+    before any folder exists."""
+    args = tyro.cli(args_cls, config=(tyro.conf.FlagConversionOff,))
+    try:
+        finalize(args)
+        check_exp_name(args.exp_name)
+        check_wandb(args.track)
+    except ValueError as e:
+        fail(script, str(e))
+    return args
+
+
+def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") -> int:
+    """Run train(args, log) -> summary dict inside runs/{run_name}/ and return the exit status: 0 for
+    status 'ok'; 1 for any other status train returns (a non-finite loss, say) and for an exception
+    (status 'failed', the traceback in traceback.txt); 130/143 for SIGINT/SIGTERM (status
+    'interrupted', no traceback). Every row logged stays in metrics.jsonl; summary.json is always
+    written, with the last x-axis value reached; a W&B run is finished with the exit status."""
+    import traceback
+
+    handlers = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    log, run_dir, message = None, None, None
+    try:
+        try:
+            run_name, run_dir = make_run_dir(args.exp_name, args.seed, root)
+        except ValueError as e:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            fail(script, str(e))
+        log = RunLog(args, run_name, run_dir, x_axis)
+        seed_everything(args.seed, args.torch_deterministic)
+        summary = train(args, log)
+        code = 0 if summary.get("status") == "ok" else 1
+        if code:
+            message = f"stopped: {summary.get('status')}"
+    except Interrupted as e:
+        code, message = 128 + e.signum, f"interrupted by {e}"
+        summary = {"status": "interrupted", "signal": str(e)}
+    except Exception as e:  # a failed run still gets its summary and status
+        if run_dir is None:
+            raise
+        code, message = 1, f"failed: {type(e).__name__}: {e}"
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        with open(os.path.join(run_dir, "traceback.txt"), "w") as f:
+            f.write(traceback.format_exc())
+    for s in handlers:                                   # a second signal cannot break the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        if run_dir is not None:
+            summary = {**summary, f"last_{x_axis}": None if log is None else log.last_x,
+                       "rows_logged": 0 if log is None else log.rows}
+            if log is None:
+                write_json(os.path.join(run_dir, "summary.json"), summary)
+            else:
+                log.summary(summary)
+                log.close(exit_code=code)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if message is not None:
+        where = f"; rows so far are in {run_dir}/metrics.jsonl" if run_dir is not None else ""
+        tb = " (traceback in traceback.txt)" if summary.get("status") == "failed" else ""
+        print(f"{script}: {message}{where}{tb}", file=sys.stderr, flush=True)
+    return code
+# <<< copied: entry
 
 
 def plot_curves(panels: list[tuple], title: str, path: str) -> None:
@@ -817,338 +1095,417 @@ class NonFinite(RuntimeError):
     """A loss became NaN/Inf; the message says where."""
 
 
-def min_time(fn, reps: int = 3) -> float:
-    """Smallest wall time of `reps` calls of fn() (after one warm-up call), in seconds."""
-    fn()
+def finite(value: float, step: int, where: str) -> float:
+    """value, or NonFinite (the run stops; every row logged so far stays in metrics.jsonl)."""
+    if not math.isfinite(value):
+        raise NonFinite(f"non-finite loss {value} at step {step} ({where})")
+    return value
+
+
+def min_time(fn, *fn_args, reps: int = 3, **fn_kwargs) -> float:
+    """Smallest wall time of `reps` calls of fn(*fn_args, **fn_kwargs) (after one warm-up call), in seconds."""
+    fn(*fn_args, **fn_kwargs)
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn()
+        fn(*fn_args, **fn_kwargs)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args, config=(tyro.conf.FlagConversionOff,))
-    try:
-        finalize_args(args)
-    except ValueError as e:
-        sys.exit(f"gist_meta.py: error: {e}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(args.torch_threads)
-    seed_everything(args.seed, args.torch_deterministic)
-    device = pick_device(args.cuda)
+def cosine_lr_factor(step: int, total: int) -> float:
+    """Stage A's schedule: cosine from 1 to 0.1 over `total` steps, then 0.1."""
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, total) / total))
 
-    # ---- corpus, tokenizer, model: every check that can fail runs before the run folder exists ----
+
+def fixed_val_windows(val_ids: torch.Tensor, length: int, n: int, seed: int, salt: int) -> torch.Tensor:
+    """The same validation windows for every model of a stage (seeded by --seed and salt)."""
+    return sample_windows(val_ids, n, length, torch.Generator().manual_seed(seed * 1000 + salt))
+
+
+@torch.no_grad()
+def continuation_ce(model, windows: torch.Tensor, mask: torch.Tensor, args: Args) -> tuple[float, float]:
+    """(continuation CE, CE of its first --a-head-tokens tokens) of the gist sequences of the
+    validation windows (n_batches, B, Lc + Lx) under one attention mask."""
+    Lc, k = args.context_len, args.num_gist_tokens
+    tok = torch.cat([continuation_token_ce(model(input_ids=ids, attention_mask=mask, use_cache=False).logits,
+                                           ids, Lc, k)
+                     for ids in (gist_sequences(w, Lc, k, args.gist_id) for w in windows)])
+    return float(tok.mean()), float(tok[:, :args.a_head_tokens].mean())
+
+
+@torch.no_grad()
+def val_ce(model, windows: torch.Tensor) -> float:
+    """Mean next-token CE of the plain causal LM over validation chunk batches (n_batches, B, L + 1)."""
+    return float(torch.stack([lm_ce(model, None, w) for w in windows]).mean())
+
+
+def draw_train_chunks(train_ids: torch.Tensor, length: int, n: int, generator: torch.Generator):
+    """(starts, (2, n, length + 1)): n random training positions, each with its chunk and the next one."""
+    starts = torch.randint(0, len(train_ids) - 2 * length - 1, (n,), generator=generator)
+    return starts, consecutive_chunks(train_ids, starts, length, 2)
+
+
+def plain_backward_step(model, theta: dict, phi: dict, chunks: torch.Tensor, loss_fn):
+    """Stage C's speed reference: the meta step's computation with plain backward passes (L_gist on
+    the training chunk, CE on the validation chunk), no inner update kept in the graph."""
+    torch.autograd.grad(loss_fn(model, None, phi, chunks[0]), list(theta.values()) + list(phi.values()),
+                        allow_unused=True)
+    return torch.autograd.grad(lm_ce(model, None, chunks[1]), list(theta.values()))
+
+
+def ce_backward_step(model, theta: dict, ids: torch.Tensor):
+    """One CE forward and backward on a chunk batch (the cheapest training step, for speed ratios)."""
+    return torch.autograd.grad(lm_ce(model, None, ids), list(theta.values()))
+
+
+def gist_rule_loss(model, ids: torch.Tensor, phi: dict, gist_id: int, temperature: float) -> torch.Tensor:
+    """Update rule 'learned' or 'fixed' of the stage-C evaluation: L_gist with the given (detached) phi."""
+    return gist_loss(model, None, phi, ids, gist_id, temperature)
+
+
+def semantic_rule_loss(model, ids: torch.Tensor, target, gist_id: int, num_gist: int, temperature: float,
+                       pred_encoder: str) -> torch.Tensor:
+    """Update rule 'stage_b' of the stage-C evaluation: L_B against a frozen target."""
+    return semantic_loss(model, target, ids, gist_id, num_gist, temperature, pred_encoder)[0]
+
+
+def ce_rule_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """Update rule 'ce' of the stage-C evaluation: true next-token CE."""
+    return lm_ce(model, None, ids)
+
+
+# ==================================================================================================
+# Stages
+# ==================================================================================================
+def load_data(args: Args):
+    """(tokenizer, train ids, validation ids, corpus description); one-line ValueErrors for a bad
+    tokenizer or a corpus too short for the run."""
+    train_text, val_text, source = load_corpus(args)
     try:
-        train_text, val_text, source = load_corpus(args)
         tok = build_tokenizer(args, train_text, [GIST])
-        train_ids = torch.tensor(tok.encode(train_text), dtype=torch.long)
-        val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
-        Lc, k, Lx, L = args.context_len, args.num_gist_tokens, args.cont_len, args.c_chunk_len
-        K = args.eval_inner_steps
-        check_token_counts(train_ids, val_ids, required_tokens(args),
-                           f"context {Lc} + continuation {Lx} and {K + 1} chunks of {L}")
-        args.gist_id, args.n_vocab = tok.special_ids[GIST], tok.n_vocab
-        model, model_info = build_lm(args, args.n_vocab, args.n_positions, attn_implementation="eager")
-        check_positions(args.n_positions, getattr(model.config, "max_position_embeddings", None))
-    except ValueError as e:
-        sys.exit(f"gist_meta.py: error: {e}")
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a broken file
+        raise loader_error("--tokenizer", args.tokenizer, e) from None
+    train_ids = torch.tensor(tok.encode(train_text), dtype=torch.long)
+    val_ids = torch.tensor(tok.encode(val_text), dtype=torch.long)
+    Lc, Lx, L, K = args.context_len, args.cont_len, args.c_chunk_len, args.eval_inner_steps
+    check_token_counts(train_ids, val_ids, required_tokens(args),
+                       f"context {Lc} + continuation {Lx} and {K + 1} chunks of {L}")
+    return tok, train_ids, val_ids, source
+
+
+def load_model(args: Args):
+    """(model, info): the LM with its <gist> row set to the mean of the others, on the CPU."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()                             # no "Loading weights" bar on stderr
+    model, model_info = build_lm(args, args.n_vocab, args.n_positions, attn_implementation="eager")
+    check_positions(args.n_positions, getattr(model.config, "max_position_embeddings", None))
     init_gist_row_(model, args.gist_id)
+    return model, model_info
+
+
+def stage_a(args: Args, log: RunLog, model, train_ids: torch.Tensor, val_ids: torch.Tensor, summary: dict,
+            step: int):
+    """Stage A: gist compression with the full / none controls, one model per mask from the same
+    init on the same batches. Returns (the gist-masked model, step)."""
+    Lc, k, Lx = args.context_len, args.num_gist_tokens, args.cont_len
+    device = train_ids.device
+    init_state = copy.deepcopy(model.state_dict())                    # every stage-A mask starts here
+    a_val = fixed_val_windows(val_ids, Lc + Lx, args.eval_batches * args.batch_size, args.seed, 1).view(
+        args.eval_batches, args.batch_size, Lc + Lx)
+    masks = {m: gist_attention_mask(Lc, k, Lx, m, device=device) for m in MASK_MODES}
+    a_curves, a_final, a_head, gist_model = {}, {}, {}, None
+    for mode in args.a_run_modes:
+        model.load_state_dict(init_state)
+        opt = torch.optim.AdamW(model.parameters(), lr=args.a_lr, weight_decay=args.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(cosine_lr_factor, total=args.a_steps))
+        a_gen = torch.Generator().manual_seed(args.seed)             # same batches for every mask
+        xs, (y0, h0) = [0], continuation_ce(model, a_val, masks[mode], args)
+        ys, heads = [y0], [h0]
+        log.log(step, {"stage": "a", "stage_step": 0, "a/mode": mode, "a/val_cont_ce": y0, "a/val_head_ce": h0})
+        t0, tokens = time.time(), 0
+        for s in range(1, args.a_steps + 1):
+            step += 1
+            ids = gist_sequences(sample_windows(train_ids, args.batch_size, Lc + Lx, a_gen), Lc, k, args.gist_id)
+            logits = model(input_ids=ids, attention_mask=masks[mode], use_cache=False).logits
+            loss, cont_ce = stage_a_losses(logits, ids, Lc, k, args.a_context_loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            opt.step()
+            sched.step()
+            tokens += ids.numel()
+            if s % args.eval_every == 0 or s == args.a_steps:
+                train_loss = loss.item()
+                y, h = continuation_ce(model, a_val, masks[mode], args)
+                xs.append(s), ys.append(y), heads.append(h)
+                tps = tokens / (time.time() - t0)
+                log.log(step, {"stage": "a", "stage_step": s, "a/mode": mode, "a/train_loss": train_loss,
+                               "a/train_cont_ce": cont_ce.item(), "a/val_cont_ce": y, "a/val_head_ce": h,
+                               "a/tokens_per_s": tps})
+                finite(train_loss, step, f"stage A, mask {mode}")
+                print(f"[A {mode:>4}] step {s:>5d}/{args.a_steps}  val cont CE {ys[-1]:.4f}  {tps:,.0f} tok/s", flush=True)
+        a_curves[mode], a_final[mode], a_head[mode] = (xs, ys), ys[-1], heads[-1]
+        summary[f"a_ce_{mode}"], summary[f"a_ce_head_{mode}"] = ys[-1], heads[-1]
+        summary[f"a_tokens_per_s_{mode}"] = tokens / (time.time() - t0)
+        if mode == "gist":
+            gist_model = copy.deepcopy(model)
+    if {"gist", "full", "none"} <= set(a_final):
+        gap = a_final["none"] - a_final["full"]
+        summary["a_retention"] = (a_final["none"] - a_final["gist"]) / gap if gap != 0 else None
+        summary["a_gap_none_full"] = gap
+        gap = a_head["none"] - a_head["full"]
+        summary["a_retention_head"] = (a_head["none"] - a_head["gist"]) / gap if gap != 0 else None
+        summary["a_gap_none_full_head"] = gap
+    # speed: gist-masked vs unmasked (plain causal) forward on the same batch
+    with torch.no_grad():
+        ids = gist_sequences(a_val[0], Lc, k, args.gist_id)
+        t_mask = min_time(model, reps=5, input_ids=ids, attention_mask=masks["gist"], use_cache=False)
+        t_plain = min_time(model, reps=5, input_ids=ids, use_cache=False)
+    summary.update({"a_fwd_masked_s": t_mask, "a_fwd_unmasked_s": t_plain, "a_fwd_masked_ratio": t_mask / t_plain})
+    plot_curves([("validation continuation CE (nats/token)", a_curves)],
+                f"{log.run_name}: stage A, k={k}, Lc={Lc}, Lx={Lx}", os.path.join(log.run_dir, "stage_a.png"))
+    if "a" in args.run_stages:
+        print(f"[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
+              + (f"; retention {summary['a_retention']:.3f} (first {args.a_head_tokens} tokens: "
+                 f"{summary['a_retention_head']:.3f})" if summary.get("a_retention_head") is not None else "")
+              + f"; masked/unmasked forward {t_mask / t_plain:.2f}x", flush=True)
+    return gist_model, step
+
+
+def stage_b(args: Args, log: RunLog, gist_model, train_ids: torch.Tensor, val_ids: torch.Tensor, summary: dict,
+            step: int) -> int:
+    """Stage B: the self-produced semantic loss L_B, true CE and no update, each from stage A's gist
+    model on the same chunks. Returns step."""
+    Lc, k = args.context_len, args.num_gist_tokens
+    b_val = fixed_val_windows(val_ids, Lc + 1, args.eval_batches * args.batch_size, args.seed, 2).view(
+        args.eval_batches, args.batch_size, Lc + 1)
+    b_curves, b_spread_curves = {}, {}
+    for loss_name in args.b_losses:
+        model = copy.deepcopy(gist_model)
+        target = copy.deepcopy(gist_model).requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=args.b_lr, weight_decay=args.weight_decay)
+        b_gen = torch.Generator().manual_seed(args.seed + 1)     # same chunks for every loss
+        xs, ys = [0], [val_ce(model, b_val)]
+        spread_x, spread_pred, spread_true = [], [], []
+        steps = args.b_steps if loss_name != "none" else 0
+        for s in range(1, steps + 1):
+            step += 1
+            ids = sample_windows(train_ids, args.batch_size, Lc + 1, b_gen)
+            if loss_name == "gist":
+                loss, z_pred, z_true = semantic_loss(model, target, ids, args.gist_id, k,
+                                                     args.soft_temperature, args.b_pred_encoder)
+            else:
+                loss = lm_ce(model, None, ids)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            opt.step()
+            if args.b_target == "ema":
+                ema_update_(target, model, args.b_ema)
+            if s % args.eval_every == 0 or s == steps or (loss_name == "gist" and s % 10 == 0):
+                row = {"stage": "b", "stage_step": s, "b/loss_name": loss_name, "b/train_loss": loss.item()}
+                if loss_name == "gist":
+                    spread_x.append(s)
+                    spread_pred.append(float(code_spread(z_pred.detach())))
+                    spread_true.append(float(code_spread(z_true)))
+                    row.update({"b/gist_spread_pred": spread_pred[-1], "b/gist_spread_true": spread_true[-1]})
+                if s % args.eval_every == 0 or s == steps:
+                    xs.append(s), ys.append(val_ce(model, b_val))
+                    row["b/val_ce"] = ys[-1]
+                log.log(step, row)
+                finite(row["b/train_loss"], step, f"stage B, loss {loss_name}")
+                if "b/val_ce" in row:
+                    print(f"[B {loss_name:>4}] step {s:>5d}/{steps}  val CE {ys[-1]:.4f}  "
+                          f"train loss {row['b/train_loss']:.4f}", flush=True)
+        if loss_name == "none":
+            log.log(step, {"stage": "b", "stage_step": 0, "b/loss_name": "none", "b/val_ce": ys[0]})
+        b_curves[loss_name] = (xs, ys)
+        summary[f"b_val_ce_{loss_name}"] = ys[-1]
+        summary["b_val_ce_start"] = ys[0]
+        if loss_name == "gist":
+            b_spread_curves = {"prediction (live encoder)" if args.b_pred_encoder == "online"
+                               else "prediction (target encoder)": (spread_x, spread_pred),
+                               f"ground truth ({args.b_target} target)": (spread_x, spread_true)}
+            summary.update({"b_gist_spread_pred_final": spread_pred[-1], "b_gist_spread_true_final": spread_true[-1],
+                            "b_gist_spread_true_start": spread_true[0]})
+    plot_curves([("validation CE (nats/token)", b_curves), ("gist-code spread (collapse diagnostic)", b_spread_curves)],
+                f"{log.run_name}: stage B, target {args.b_target}, pred encoder {args.b_pred_encoder}",
+                os.path.join(log.run_dir, "stage_b.png"))
+    print("[B] val CE " + ", ".join(f"{n} {summary[f'b_val_ce_{n}']:.4f}" for n in args.b_losses), flush=True)
+    return step
+
+
+@dataclass
+class MetaLearned:
+    """What stage C hands to its evaluation."""
+    model: nn.Module           # theta after stage C (meta-updated with --meta-theta, else unchanged)
+    start_model: nn.Module     # theta at the start of stage C (stage A's gist model)
+    phi: dict                  # learned gist parameters
+    phi0: dict                 # their initial values (the 'fixed' rule)
+    curves: dict               # per meta step: outer CE (theta') and CE before the inner step (theta)
+
+
+def stage_c(args: Args, log: RunLog, gist_model, train_ids: torch.Tensor, summary: dict, step: int):
+    """Stage C: in-situ second-order (or first-order) learning of the gist parameters phi.
+    Returns (MetaLearned, step)."""
+    k, L = args.num_gist_tokens, args.c_chunk_len
+    device = train_ids.device
+    model = copy.deepcopy(gist_model)
+    theta = dict(model.named_parameters())
+    emb_w = model.get_input_embeddings().weight
+    phi = init_phi(emb_w[args.gist_id], k, args.gist_proj, args.learn_loss_scale)
+    phi0 = {n: p.detach().clone() for n, p in phi.items()}
+    start_model = copy.deepcopy(model)
+    meta_params = list(phi.values()) + (list(theta.values()) if args.meta_theta else [])
+    meta_opt = torch.optim.Adam(meta_params, lr=args.meta_lr)
+    loss_c = functools.partial(gist_loss, gist_id=args.gist_id, temperature=args.soft_temperature)
+    c_gen = torch.Generator().manual_seed(args.seed + 2)
+    if args.val_select == "similar":
+        bank_starts = torch.randint(0, len(train_ids) - L, (args.bank_size,), generator=c_gen)
+        bank = consecutive_chunks(train_ids, bank_starts, L, 1)[0]          # (M, L+1)
+
+    # speed reference: the same computation with plain (first-order, no meta) backward passes
+    _, ref_chunks = draw_train_chunks(train_ids, L, args.meta_batch_size, c_gen)
+    t_plain_c = min_time(plain_backward_step, model, theta, phi, ref_chunks, loss_c)
+    t_ce_c = min_time(ce_backward_step, model, theta, ref_chunks[0])
+    meta_times, c_curves = [], {"outer CE (theta')": ([], []), "CE before inner step (theta)": ([], [])}
+    for s in range(1, args.c_steps + 1):
+        step += 1
+        starts, chunks = draw_train_chunks(train_ids, L, args.meta_batch_size, c_gen)
+        x_tr = chunks[0]
+        if args.val_select == "next":
+            x_val = chunks[1]
+        else:
+            if (s - 1) % args.bank_refresh == 0:
+                bank_repr = torch.cat([chunk_repr(model, phi, b, args.sim_repr)
+                                       for b in bank.split(args.meta_batch_size)])
+            exclude = (bank_starts[None, :] - starts[:, None]).abs() <= L          # overlapping chunks
+            pick = select_similar(chunk_repr(model, phi, x_tr, args.sim_repr), bank_repr, exclude.to(device))
+            x_val = bank[pick]
+        t0 = time.perf_counter()
+        inner, outer, grads = meta_gradients(model, theta, phi, x_tr, x_val, args.inner_lr, loss_c,
+                                             args.first_order, args.fd_eps, args.meta_theta)
+        for n, p in list(phi.items()) + (list(theta.items()) if args.meta_theta else []):
+            p.grad = grads[n]
+        meta_opt.step()
+        meta_opt.zero_grad(set_to_none=True)
+        meta_times.append(time.perf_counter() - t0)
+        outer_v = outer.item()
+        with torch.no_grad():
+            before = lm_ce(model, None, x_val).item()
+        c_curves["outer CE (theta')"][0].append(s), c_curves["outer CE (theta')"][1].append(outer_v)
+        c_curves["CE before inner step (theta)"][0].append(s), c_curves["CE before inner step (theta)"][1].append(before)
+        row = {"stage": "c", "stage_step": s, "c/inner_loss": inner.item(), "c/outer_ce": outer_v,
+               "c/ce_before": before, "c/inner_improvement": before - outer_v,
+               "c/phi_gist_drift": float((phi["gist"].detach() - phi0["gist"]).norm()),
+               "c/sec_per_meta_step": meta_times[-1]}
+        if "log_scale" in phi:
+            row["c/loss_scale"] = float(phi["log_scale"].detach().exp())
+        if "proj" in phi:
+            row["c/proj_drift"] = float((phi["proj"].detach() - phi0["proj"]).norm())
+        log.log(step, row)
+        finite(outer_v, step, "stage C, outer loss")
+        finite(row["c/inner_loss"], step, "stage C, inner loss")
+        if not all(torch.isfinite(p).all() for p in phi.values()):
+            raise NonFinite(f"non-finite gist parameters after meta step {s} (step {step})")
+        if s % max(1, args.c_steps // 10) == 0 or s == args.c_steps:
+            print(f"[C] meta step {s:>4d}/{args.c_steps}  outer CE {outer_v:.4f}  improvement "
+                  f"{before - outer_v:+.4f}  {np.mean(meta_times[-10:]):.2f} s/step", flush=True)
+    sec_meta = float(np.mean(meta_times[2:] if len(meta_times) > 4 else meta_times))
+    summary.update({"c_sec_per_meta_step": sec_meta, "c_sec_plain_step": t_plain_c, "c_sec_ce_step": t_ce_c,
+                    "c_meta_vs_plain": sec_meta / t_plain_c, "c_meta_vs_ce_step": sec_meta / t_ce_c,
+                    "c_mean_inner_improvement_last20":
+                        float(np.mean(np.array(c_curves["CE before inner step (theta)"][1][-20:])
+                                      - np.array(c_curves["outer CE (theta')"][1][-20:])))})
+    if "log_scale" in phi:
+        summary["c_loss_scale_final"] = float(phi["log_scale"].detach().exp())
+    return MetaLearned(model, start_model, phi, phi0, c_curves), step
+
+
+def evaluate_stage_c(args: Args, log: RunLog, learned: MetaLearned, val_ids: torch.Tensor, summary: dict,
+                     step: int) -> int:
+    """K steps of each update rule (learned L_gist, fixed L_gist, stage B's loss, true CE, none) on
+    consecutive validation chunks, then CE on the next chunk; identical episodes for every rule."""
+    k, L, K = args.num_gist_tokens, args.c_chunk_len, args.eval_inner_steps
+    eval_model = learned.model if args.meta_theta else learned.start_model
+    phi_learned = {n: p.detach() for n, p in learned.phi.items()}
+    phi_fixed = {n: p.detach().clone() for n, p in learned.phi0.items()}
+    frozen_target = copy.deepcopy(eval_model).requires_grad_(False)
+    gist_kw = {"gist_id": args.gist_id, "temperature": args.soft_temperature}
+    rules = {
+        "learned": functools.partial(gist_rule_loss, phi=phi_learned, **gist_kw),
+        "fixed": functools.partial(gist_rule_loss, phi=phi_fixed, **gist_kw),
+        "stage_b": functools.partial(semantic_rule_loss, target=frozen_target, num_gist=k,
+                                     pred_encoder=args.b_pred_encoder, **gist_kw),
+        "ce": ce_rule_loss,
+        "none": None,
+    }
+    e_gen = torch.Generator().manual_seed(args.seed + 3)
+    e_starts = torch.randint(0, len(val_ids) - (K + 1) * L - 1, (args.c_eval_episodes, args.meta_batch_size),
+                             generator=e_gen)
+    results = {r: [] for r in rules}
+    for e in range(args.c_eval_episodes):
+        chunks = consecutive_chunks(val_ids, e_starts[e], L, K + 1)
+        for r, fn in rules.items():
+            results[r].append(finite(k_step_ce(eval_model, fn, chunks, args.inner_lr), step, f"stage C eval, {r}"))
+    none = np.array(results["none"])
+    for r, vals in results.items():
+        vals = np.array(vals)
+        summary[f"c_eval_ce_{r}"] = float(vals.mean())
+        summary[f"c_eval_gain_{r}"] = float((none - vals).mean())      # CE lowered vs no update (nats)
+        summary[f"c_eval_gain_std_{r}"] = float((none - vals).std())
+    step += 1
+    log.log(step, {"stage": "c", "stage_step": args.c_steps, **{f"c/eval_ce_{r}": summary[f"c_eval_ce_{r}"]
+                                                               for r in rules}})
+    before_c, outer_c = learned.curves["CE before inner step (theta)"], learned.curves["outer CE (theta')"]
+    plot_curves([("inner-step gain CE(theta) - CE(theta') (nats)",
+                  {"one inner step of L_gist": (before_c[0], list(np.array(before_c[1]) - np.array(outer_c[1])))}),
+                 ("K-step gain vs none, next chunk (nats)",
+                  {r: (list(range(args.c_eval_episodes)), list(none - np.array(results[r]))) for r in rules},
+                  "evaluation episode")],
+                f"{log.run_name}: stage C, val-select {args.val_select}, "
+                f"{'first' if args.first_order else 'second'} order, K={K}", os.path.join(log.run_dir, "stage_c.png"))
+    sec_meta = summary["c_sec_per_meta_step"]
+    print("[C] CE lowered by K=%d steps (nats, vs none): " % K
+          + ", ".join(f"{r} {summary[f'c_eval_gain_{r}']:+.4f}" for r in rules)
+          + f"; meta step {sec_meta:.2f} s = {sec_meta / summary['c_sec_plain_step']:.2f}x plain step", flush=True)
+    return step
+
+
+def train(args: Args, log: RunLog) -> dict:
+    """Stage A (always: B and C start from its gist model), then B and C as --stage asks, in order;
+    x-axis `step` counts the optimizer/meta steps of all stages. Writes the plots (and a BPE
+    tokenizer) into log.run_dir; returns the summary ("status" names a non-finite loss)."""
+    torch.set_num_threads(args.torch_threads)
+    device = pick_device(args.cuda)
+    tok, train_ids, val_ids, source = load_data(args)
+    model, model_info = load_model(args)
     model.to(device)
     train_ids, val_ids = train_ids.to(device), val_ids.to(device)
-    init_state = copy.deepcopy(model.state_dict())                    # every stage-A mask starts here
-
-    run_name, run_dir = make_run_dir(args.exp_name, args.seed)
-    log = RunLog(args, run_name, run_dir, x_axis="step")
-    tok.save(run_dir)
-    print(f"{run_name}: {source}; {len(train_ids)} train / {len(val_ids)} val tokens; "
+    tok.save(log.run_dir)
+    print(f"{log.run_name}: {source}; {len(train_ids)} train / {len(val_ids)} val tokens; "
           f"{model_info['n_params'] / 1e6:.2f}M params; stages {','.join(args.run_stages)}", flush=True)
     summary = {"status": "ok", "stage": args.stage, "seed": args.seed, "corpus": source,
                "n_params": model_info["n_params"], "train_tokens": len(train_ids), "val_tokens": len(val_ids)}
-    gen = torch.Generator().manual_seed(args.seed)                    # data order, independent of init
     step = 0                                                          # x-axis: steps of all stages in order
     t_start = time.time()
-
-    def fixed_val_windows(length: int, n: int, salt: int) -> torch.Tensor:
-        """The same validation windows for every model of a stage (seeded by --seed and salt)."""
-        return sample_windows(val_ids, n, length, torch.Generator().manual_seed(args.seed * 1000 + salt))
-
-    def finite(value: float, where: str) -> float:
-        if not math.isfinite(value):
-            raise NonFinite(f"non-finite loss {value} at step {step} ({where})")
-        return value
-
     try:
-        # ==========================================================================================
-        # Stage A: gist compression with the full / none controls
-        # ==========================================================================================
-        a_val = fixed_val_windows(Lc + Lx, args.eval_batches * args.batch_size, 1).view(
-            args.eval_batches, args.batch_size, Lc + Lx)
-        masks = {m: gist_attention_mask(Lc, k, Lx, m, device=device) for m in MASK_MODES}
-        a_curves, a_final, a_head, gist_model = {}, {}, {}, None
-
-        def a_eval(m, mode) -> tuple[float, float]:
-            """(continuation CE, CE of its first --a-head-tokens tokens) on the fixed validation windows."""
-            with torch.no_grad():
-                tok = torch.cat([continuation_token_ce(m(input_ids=ids, attention_mask=masks[mode], use_cache=False).logits,
-                                                       ids, Lc, k)
-                                 for ids in (gist_sequences(w, Lc, k, args.gist_id) for w in a_val)])
-            return float(tok.mean()), float(tok[:, :args.a_head_tokens].mean())
-
-        for mode in args.a_run_modes:
-            model.load_state_dict(init_state)
-            opt = torch.optim.AdamW(model.parameters(), lr=args.a_lr, weight_decay=args.weight_decay)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * min(s, args.a_steps) / args.a_steps)))
-            a_gen = torch.Generator().manual_seed(args.seed)             # same batches for every mask
-            xs, (y0, h0) = [0], a_eval(model, mode)
-            ys, heads = [y0], [h0]
-            t0, tokens = time.time(), 0
-            for s in range(1, args.a_steps + 1):
-                step += 1
-                ids = gist_sequences(sample_windows(train_ids, args.batch_size, Lc + Lx, a_gen), Lc, k, args.gist_id)
-                logits = model(input_ids=ids, attention_mask=masks[mode], use_cache=False).logits
-                loss, cont_ce = stage_a_losses(logits, ids, Lc, k, args.a_context_loss)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                opt.step()
-                sched.step()
-                tokens += ids.numel()
-                if s % args.eval_every == 0 or s == args.a_steps:
-                    train_loss = finite(loss.item(), f"stage A, mask {mode}")
-                    y, h = a_eval(model, mode)
-                    xs.append(s), ys.append(y), heads.append(h)
-                    tps = tokens / (time.time() - t0)
-                    log.log(step, {"stage": "a", "stage_step": s, "a/mode": mode, "a/train_loss": train_loss,
-                                   "a/train_cont_ce": cont_ce.item(), "a/val_cont_ce": y, "a/val_head_ce": h,
-                                   "a/tokens_per_s": tps})
-                    print(f"[A {mode:>4}] step {s:>5d}/{args.a_steps}  val cont CE {ys[-1]:.4f}  {tps:,.0f} tok/s", flush=True)
-            a_curves[mode], a_final[mode], a_head[mode] = (xs, ys), ys[-1], heads[-1]
-            summary[f"a_ce_{mode}"], summary[f"a_ce_head_{mode}"] = ys[-1], heads[-1]
-            summary[f"a_tokens_per_s_{mode}"] = tokens / (time.time() - t0)
-            if mode == "gist":
-                gist_model = copy.deepcopy(model)
-        if {"gist", "full", "none"} <= set(a_final):
-            gap = a_final["none"] - a_final["full"]
-            summary["a_retention"] = (a_final["none"] - a_final["gist"]) / gap if gap != 0 else None
-            summary["a_gap_none_full"] = gap
-            gap = a_head["none"] - a_head["full"]
-            summary["a_retention_head"] = (a_head["none"] - a_head["gist"]) / gap if gap != 0 else None
-            summary["a_gap_none_full_head"] = gap
-        # speed: gist-masked vs unmasked (plain causal) forward on the same batch
-        with torch.no_grad():
-            ids = gist_sequences(a_val[0], Lc, k, args.gist_id)
-            t_mask = min_time(lambda: model(input_ids=ids, attention_mask=masks["gist"], use_cache=False), 5)
-            t_plain = min_time(lambda: model(input_ids=ids, use_cache=False), 5)
-        summary.update({"a_fwd_masked_s": t_mask, "a_fwd_unmasked_s": t_plain, "a_fwd_masked_ratio": t_mask / t_plain})
-        plot_curves([("validation continuation CE (nats/token)", a_curves)],
-                    f"{run_name}: stage A, k={k}, Lc={Lc}, Lx={Lx}", os.path.join(run_dir, "stage_a.png"))
-        if "a" in args.run_stages:
-            print(f"[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
-                  + (f"; retention {summary['a_retention']:.3f} (first {args.a_head_tokens} tokens: "
-                     f"{summary['a_retention_head']:.3f})" if summary.get("a_retention_head") is not None else "")
-                  + f"; masked/unmasked forward {t_mask / t_plain:.2f}x", flush=True)
-
-        # ==========================================================================================
-        # Stage B: self-produced semantic loss, from stage A's gist model
-        # ==========================================================================================
-        b_val = fixed_val_windows(Lc + 1, args.eval_batches * args.batch_size, 2).view(
-            args.eval_batches, args.batch_size, Lc + 1)
+        gist_model, step = stage_a(args, log, model, train_ids, val_ids, summary, step)
         if "b" in args.run_stages:
-            b_curves, b_spread_curves = {}, {}
-
-            def b_eval(m) -> float:
-                with torch.no_grad():
-                    return float(torch.stack([lm_ce(m, None, w) for w in b_val]).mean())
-
-            for loss_name in args.b_losses:
-                model = copy.deepcopy(gist_model)
-                target = copy.deepcopy(gist_model).requires_grad_(False)
-                opt = torch.optim.AdamW(model.parameters(), lr=args.b_lr, weight_decay=args.weight_decay)
-                b_gen = torch.Generator().manual_seed(args.seed + 1)     # same chunks for every loss
-                xs, ys = [0], [b_eval(model)]
-                spread_x, spread_pred, spread_true = [], [], []
-                steps = args.b_steps if loss_name != "none" else 0
-                for s in range(1, steps + 1):
-                    step += 1
-                    ids = sample_windows(train_ids, args.batch_size, Lc + 1, b_gen)
-                    if loss_name == "gist":
-                        loss, z_pred, z_true = semantic_loss(model, target, ids, args.gist_id, k,
-                                                             args.soft_temperature, args.b_pred_encoder)
-                    else:
-                        loss = lm_ce(model, None, ids)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                    opt.step()
-                    if args.b_target == "ema":
-                        ema_update_(target, model, args.b_ema)
-                    if s % args.eval_every == 0 or s == steps or (loss_name == "gist" and s % 10 == 0):
-                        row = {"stage": "b", "stage_step": s, "b/loss_name": loss_name,
-                               "b/train_loss": finite(loss.item(), f"stage B, loss {loss_name}")}
-                        if loss_name == "gist":
-                            spread_x.append(s)
-                            spread_pred.append(float(code_spread(z_pred.detach())))
-                            spread_true.append(float(code_spread(z_true)))
-                            row.update({"b/gist_spread_pred": spread_pred[-1], "b/gist_spread_true": spread_true[-1]})
-                        if s % args.eval_every == 0 or s == steps:
-                            xs.append(s), ys.append(b_eval(model))
-                            row["b/val_ce"] = ys[-1]
-                            print(f"[B {loss_name:>4}] step {s:>5d}/{steps}  val CE {ys[-1]:.4f}  "
-                                  f"train loss {row['b/train_loss']:.4f}", flush=True)
-                        log.log(step, row)
-                if loss_name == "none":
-                    log.log(step, {"stage": "b", "stage_step": 0, "b/loss_name": "none", "b/val_ce": ys[0]})
-                b_curves[loss_name] = (xs, ys)
-                summary[f"b_val_ce_{loss_name}"] = ys[-1]
-                summary["b_val_ce_start"] = ys[0]
-                if loss_name == "gist":
-                    b_spread_curves = {"prediction (live encoder)" if args.b_pred_encoder == "online"
-                                       else "prediction (target encoder)": (spread_x, spread_pred),
-                                       f"ground truth ({args.b_target} target)": (spread_x, spread_true)}
-                    summary.update({"b_gist_spread_pred_final": spread_pred[-1], "b_gist_spread_true_final": spread_true[-1],
-                                    "b_gist_spread_true_start": spread_true[0]})
-            plot_curves([("validation CE (nats/token)", b_curves), ("gist-code spread (collapse diagnostic)", b_spread_curves)],
-                        f"{run_name}: stage B, target {args.b_target}, pred encoder {args.b_pred_encoder}",
-                        os.path.join(run_dir, "stage_b.png"))
-            print("[B] val CE " + ", ".join(f"{n} {summary[f'b_val_ce_{n}']:.4f}" for n in args.b_losses), flush=True)
-
-        # ==========================================================================================
-        # Stage C: in-situ second-order learning of the gist parameters phi
-        # ==========================================================================================
+            step = stage_b(args, log, gist_model, train_ids, val_ids, summary, step)
         if "c" in args.run_stages:
-            model = copy.deepcopy(gist_model)
-            theta = dict(model.named_parameters())
-            emb_w = model.get_input_embeddings().weight
-            phi = init_phi(emb_w[args.gist_id], k, args.gist_proj, args.learn_loss_scale)
-            phi0 = {n: p.detach().clone() for n, p in phi.items()}
-            start_model = copy.deepcopy(model)
-            meta_params = list(phi.values()) + (list(theta.values()) if args.meta_theta else [])
-            meta_opt = torch.optim.Adam(meta_params, lr=args.meta_lr)
-            loss_c = lambda m, params, ph, ids: gist_loss(m, params, ph, ids, args.gist_id, args.soft_temperature)
-            c_gen = torch.Generator().manual_seed(args.seed + 2)
-            n_train = len(train_ids)
-            if args.val_select == "similar":
-                bank_starts = torch.randint(0, n_train - L, (args.bank_size,), generator=c_gen)
-                bank = consecutive_chunks(train_ids, bank_starts, L, 1)[0]          # (M, L+1)
-
-            def draw_train_chunks():
-                starts = torch.randint(0, n_train - 2 * L - 1, (args.meta_batch_size,), generator=c_gen)
-                return starts, consecutive_chunks(train_ids, starts, L, 2)
-
-            # speed reference: the same computation with plain (first-order, no meta) backward passes
-            _, ref_chunks = draw_train_chunks()
-
-            def plain_step():
-                g = torch.autograd.grad(loss_c(model, None, phi, ref_chunks[0]), list(theta.values()) + list(phi.values()),
-                                        allow_unused=True)
-                g = torch.autograd.grad(lm_ce(model, None, ref_chunks[1]), list(theta.values()))
-                return g
-
-            def ce_step():
-                return torch.autograd.grad(lm_ce(model, None, ref_chunks[0]), list(theta.values()))
-
-            t_plain_c, t_ce_c = min_time(plain_step), min_time(ce_step)
-            meta_times, c_curves = [], {"outer CE (theta')": ([], []), "CE before inner step (theta)": ([], [])}
-            for s in range(1, args.c_steps + 1):
-                step += 1
-                starts, chunks = draw_train_chunks()
-                x_tr = chunks[0]
-                if args.val_select == "next":
-                    x_val = chunks[1]
-                else:
-                    if (s - 1) % args.bank_refresh == 0:
-                        bank_repr = torch.cat([chunk_repr(model, phi, b, args.sim_repr)
-                                               for b in bank.split(args.meta_batch_size)])
-                    exclude = (bank_starts[None, :] - starts[:, None]).abs() <= L          # overlapping chunks
-                    pick = select_similar(chunk_repr(model, phi, x_tr, args.sim_repr), bank_repr, exclude.to(device))
-                    x_val = bank[pick]
-                t0 = time.perf_counter()
-                inner, outer, grads = meta_gradients(model, theta, phi, x_tr, x_val, args.inner_lr, loss_c,
-                                                     args.first_order, args.fd_eps, args.meta_theta)
-                for n, p in list(phi.items()) + (list(theta.items()) if args.meta_theta else []):
-                    p.grad = grads[n]
-                meta_opt.step()
-                meta_opt.zero_grad(set_to_none=True)
-                meta_times.append(time.perf_counter() - t0)
-                outer_v = finite(outer.item(), "stage C, outer loss")
-                finite(inner.item(), "stage C, inner loss")
-                if not all(torch.isfinite(p).all() for p in phi.values()):
-                    raise NonFinite(f"non-finite gist parameters after meta step {s} (step {step})")
-                with torch.no_grad():
-                    before = lm_ce(model, None, x_val).item()
-                c_curves["outer CE (theta')"][0].append(s), c_curves["outer CE (theta')"][1].append(outer_v)
-                c_curves["CE before inner step (theta)"][0].append(s), c_curves["CE before inner step (theta)"][1].append(before)
-                row = {"stage": "c", "stage_step": s, "c/inner_loss": inner.item(), "c/outer_ce": outer_v,
-                       "c/ce_before": before, "c/inner_improvement": before - outer_v,
-                       "c/phi_gist_drift": float((phi["gist"].detach() - phi0["gist"]).norm()),
-                       "c/sec_per_meta_step": meta_times[-1]}
-                if "log_scale" in phi:
-                    row["c/loss_scale"] = float(phi["log_scale"].detach().exp())
-                if "proj" in phi:
-                    row["c/proj_drift"] = float((phi["proj"].detach() - phi0["proj"]).norm())
-                log.log(step, row)
-                if s % max(1, args.c_steps // 10) == 0 or s == args.c_steps:
-                    print(f"[C] meta step {s:>4d}/{args.c_steps}  outer CE {outer_v:.4f}  improvement "
-                          f"{before - outer_v:+.4f}  {np.mean(meta_times[-10:]):.2f} s/step", flush=True)
-            sec_meta = float(np.mean(meta_times[2:] if len(meta_times) > 4 else meta_times))
-            summary.update({"c_sec_per_meta_step": sec_meta, "c_sec_plain_step": t_plain_c, "c_sec_ce_step": t_ce_c,
-                            "c_meta_vs_plain": sec_meta / t_plain_c, "c_meta_vs_ce_step": sec_meta / t_ce_c,
-                            "c_mean_inner_improvement_last20":
-                                float(np.mean(np.array(c_curves["CE before inner step (theta)"][1][-20:])
-                                              - np.array(c_curves["outer CE (theta')"][1][-20:])))})
-            if "log_scale" in phi:
-                summary["c_loss_scale_final"] = float(phi["log_scale"].detach().exp())
-
-            # ---- evaluation: K steps of each update rule on validation text, then CE on the next chunk ----
-            eval_model = model if args.meta_theta else start_model
-            phi_learned = {n: p.detach() for n, p in phi.items()}
-            phi_fixed = {n: p.detach().clone() for n, p in phi0.items()}
-            frozen_target = copy.deepcopy(eval_model).requires_grad_(False)
-            rules = {
-                "learned": lambda m, ids: gist_loss(m, None, phi_learned, ids, args.gist_id, args.soft_temperature),
-                "fixed": lambda m, ids: gist_loss(m, None, phi_fixed, ids, args.gist_id, args.soft_temperature),
-                "stage_b": lambda m, ids: semantic_loss(m, frozen_target, ids, args.gist_id, k, args.soft_temperature,
-                                                        args.b_pred_encoder)[0],
-                "ce": lambda m, ids: lm_ce(m, None, ids),
-                "none": None,
-            }
-            e_gen = torch.Generator().manual_seed(args.seed + 3)
-            e_starts = torch.randint(0, len(val_ids) - (K + 1) * L - 1, (args.c_eval_episodes, args.meta_batch_size),
-                                     generator=e_gen)
-            results = {r: [] for r in rules}
-            for e in range(args.c_eval_episodes):
-                chunks = consecutive_chunks(val_ids, e_starts[e], L, K + 1)
-                for r, fn in rules.items():
-                    results[r].append(finite(k_step_ce(eval_model, fn, chunks, args.inner_lr), f"stage C eval, {r}"))
-            none = np.array(results["none"])
-            for r, vals in results.items():
-                vals = np.array(vals)
-                summary[f"c_eval_ce_{r}"] = float(vals.mean())
-                summary[f"c_eval_gain_{r}"] = float((none - vals).mean())      # CE lowered vs no update (nats)
-                summary[f"c_eval_gain_std_{r}"] = float((none - vals).std())
-            step += 1
-            log.log(step, {"stage": "c", "stage_step": args.c_steps, **{f"c/eval_ce_{r}": summary[f"c_eval_ce_{r}"]
-                                                                       for r in rules}})
-            before_c, outer_c = c_curves["CE before inner step (theta)"], c_curves["outer CE (theta')"]
-            plot_curves([("inner-step gain CE(theta) - CE(theta') (nats)",
-                          {"one inner step of L_gist": (before_c[0], list(np.array(before_c[1]) - np.array(outer_c[1])))}),
-                         ("K-step gain vs none, next chunk (nats)",
-                          {r: (list(range(args.c_eval_episodes)), list(none - np.array(results[r]))) for r in rules},
-                          "evaluation episode")],
-                        f"{run_name}: stage C, val-select {args.val_select}, "
-                        f"{'first' if args.first_order else 'second'} order, K={K}", os.path.join(run_dir, "stage_c.png"))
-            print("[C] CE lowered by K=%d steps (nats, vs none): " % K
-                  + ", ".join(f"{r} {summary[f'c_eval_gain_{r}']:+.4f}" for r in rules)
-                  + f"; meta step {sec_meta:.2f} s = {sec_meta / t_plain_c:.2f}x plain step", flush=True)
+            learned, step = stage_c(args, log, gist_model, train_ids, summary, step)
+            step = evaluate_stage_c(args, log, learned, val_ids, summary, step)
     except NonFinite as e:
         summary["status"] = str(e)
-
     summary["wall_time_s"] = time.time() - t_start
-    log.summary(summary)
-    log.close()
-    print(f"{run_name}: done in {summary['wall_time_s']:.1f} s -> {run_dir}", flush=True)
-    if summary["status"] != "ok":
-        sys.exit(f"gist_meta.py: stopped: {summary['status']}; metrics so far are in {run_dir}/metrics.jsonl")
+    print(f"{log.run_name}: done in {summary['wall_time_s']:.1f} s -> {log.run_dir}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")                      # local checkpoints and tokenizers only
+    args = parse_args("gist_meta.py", Args, finalize_args)
+    sys.exit(run_experiment("gist_meta.py", args, train, x_axis="step"))

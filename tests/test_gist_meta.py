@@ -1,12 +1,13 @@
 """gist_meta.py: oracle tests of the gist mask, the leak, the losses, the meta-gradient (float64 finite
-differences), first vs second order and the similarity selection; subprocess smoke tests."""
+differences), first vs second order and the similarity selection; a bad-input table; runs in
+process (all stages, determinism, NaN stop) and through the CLI (a checkpoint with --track offline)."""
 
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import read_json, read_metrics
+from conftest import assert_bad_input, read_json, read_metrics, run_in_process
 
 import gist_meta as G
 
@@ -297,24 +298,129 @@ def test_consecutive_chunks_overlap_by_one_token():
 # ------------------------------------------------------------------------------------------------
 # Argument checks (in-process) and positions
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("changes, message", [
-    ({"num_gist_tokens": 0}, "--num-gist-tokens (k) must be at least 1"),
-    ({"stage": "d"}, "unknown --stage 'd'"),
-    ({"val_select": "random"}, "unknown --val-select 'random'"),
-    ({"sim_repr": "max"}, "unknown --sim-repr"),
-    ({"b_target": "online"}, "unknown --b-target"),
-    ({"a_modes": ("gist", "half")}, "unknown --a-modes"),
-    ({"inner_lr": 0.0}, "--inner-lr must be positive"),
-    ({"cont_len": 1}, "--cont-len must be at least 2"),
-])
-def test_finalize_args_rejects_bad_input(changes, message):
-    with pytest.raises(ValueError, match=None) as e:
-        G.finalize_args(G.Args(**changes))
-    assert message in str(e.value) and "\n" not in str(e.value)
+def write_inputs(root):
+    """Broken and too-short input files and folders, under root, for the bad-input table."""
+    (root / "not_a_tokenizer.json").write_text('{"a": 1}')
+    (root / "empty.json").write_text("")
+    (root / "empty.txt").write_text("")
+    (root / "short.txt").write_text("hello world\n" * 3)
+    (root / "empty_dir").mkdir()
+    (root / "bad_config").mkdir()
+    (root / "bad_config" / "config.json").write_text("{ not json")
+    model = tiny_model(vocab=256)
+    model.config.save_pretrained(root / "config_only")               # a config, but no weights
+    model.save_pretrained(root / "ckpt")                             # 64 positions
+
+
+BAD_INPUTS = [
+    # the issue's cases: tracebacks or late failures before this change
+    (("--n-head", "0"), "--n-head must be positive, got 0"),
+    (("--n-kv-head", "0"), "--n-kv-head must be positive, got 0"),
+    (("--n-layer", "0"), "--n-layer must be positive, got 0"),
+    (("--n-embd", "-32"), "--n-embd must be positive, got -32"),
+    (("--weight-decay", "-1"), "--weight-decay must lie in [0, 1)"),
+    (("--tokenizer", "not_a_tokenizer.json"), "--tokenizer 'not_a_tokenizer.json' could not be loaded"),
+    (("--tokenizer", "empty.json"), "--tokenizer 'empty.json' could not be loaded"),
+    (("--tokenizer", "empty_dir"), "--tokenizer 'empty_dir' could not be loaded"),
+    (("--tokenizer", "no_such_file.json"), "is neither byte, bpe nor an existing file or folder"),
+    (("--text-path", "missing.txt"), "--text-path 'missing.txt' is not a file"),
+    (("--text-path", "empty_dir"), "--text-path 'empty_dir' is not a file"),
+    (("--text-path", "empty.txt"), "the corpus (file empty.txt) is empty"),
+    (("--text-path", "short.txt"), "the corpus is too short"),
+    (("--model-name-or-path", "missing"), "--model-name-or-path 'missing' is not a folder"),
+    (("--model-name-or-path", "empty_dir"), "--model-name-or-path 'empty_dir' could not be loaded"),
+    (("--model-name-or-path", "bad_config"), "--model-name-or-path 'bad_config' could not be loaded"),
+    (("--model-name-or-path", "config_only"), "--model-name-or-path 'config_only' could not be loaded"),
+    (("--model-name-or-path", "ckpt"), "the run needs 84 positions"),              # context of 64 only
+    (("--text-path", "short.txt", "--hf-dataset", "x"), "give at most one of --text-path and --hf-dataset"),
+    (("--hf-dataset", "no/such_dataset"), "--hf-dataset"),
+    # shapes
+    (("--n-head", "3"), "--n-head 3 does not divide --n-embd 128"),
+    (("--n-kv-head", "3"), "--n-kv-head 3 does not divide --n-head 4"),
+    (("--n-embd", "12"), "head width --n-embd / --n-head = 3 must be even"),
+    (("--tokenizer", "bpe", "--vocab-size", "100"), "--vocab-size 100 must be at least 257"),
+    # sizes, steps, intervals, windows
+    (("--num-gist-tokens", "0"), "--num-gist-tokens (k) must be at least 1"),
+    (("--context-len", "1"), "--context-len must be at least 2"),
+    (("--cont-len", "1"), "--cont-len must be at least 2"),
+    (("--c-chunk-len", "0"), "--c-chunk-len must be at least 2"),
+    (("--a-head-tokens", "17"), "--a-head-tokens must lie in [1, --cont-len]"),
+    (("--a-head-tokens", "0"), "--a-head-tokens must lie in [1, --cont-len]"),
+    (("--a-steps", "0"), "--a-steps must be positive"),
+    (("--b-steps", "0"), "--b-steps must be positive"),
+    (("--c-steps", "-1"), "--c-steps must be positive"),
+    (("--batch-size", "0"), "--batch-size must be positive"),
+    (("--meta-batch-size", "0"), "--meta-batch-size must be positive"),
+    (("--eval-every", "0"), "--eval-every must be positive"),
+    (("--eval-batches", "0"), "--eval-batches must be positive"),
+    (("--bank-size", "0"), "--bank-size must be positive"),
+    (("--bank-refresh", "0"), "--bank-refresh must be positive"),
+    (("--eval-inner-steps", "0"), "--eval-inner-steps must be positive"),
+    (("--c-eval-episodes", "0"), "--c-eval-episodes must be positive"),
+    (("--torch-threads", "0"), "--torch-threads must be positive"),
+    (("--seed", "-1"), "--seed must lie in [0, 2**32)"),
+    # rates, temperatures, decays, fractions
+    (("--a-lr", "0"), "--a-lr must be a finite number > 0"),
+    (("--b-lr", "-1"), "--b-lr must be a finite number > 0"),
+    (("--meta-lr", "nan"), "--meta-lr must be a finite number > 0"),
+    (("--inner-lr", "inf"), "--inner-lr must be a finite number > 0"),
+    (("--inner-lr", "0"), "--inner-lr must be a finite number > 0"),
+    (("--soft-temperature", "0"), "--soft-temperature must be a finite number > 0"),
+    (("--fd-eps", "-0.1"), "--fd-eps must be a finite number > 0"),
+    (("--max-grad-norm", "0"), "--max-grad-norm must be a finite number > 0"),
+    (("--b-ema", "1"), "--b-ema must lie in [0, 1)"),
+    (("--b-ema", "-0.5"), "--b-ema must lie in [0, 1)"),
+    (("--weight-decay", "1"), "--weight-decay must lie in [0, 1)"),
+    (("--val-fraction", "0"), "--val-fraction must lie in (0, 1)"),
+    (("--val-fraction", "1"), "--val-fraction must lie in (0, 1)"),
+    # choices
+    (("--stage", "d"), "unknown --stage 'd'"),
+    (("--val-select", "random"), "unknown --val-select 'random'"),
+    (("--sim-repr", "max"), "unknown --sim-repr"),
+    (("--b-target", "online"), "unknown --b-target"),
+    (("--b-pred-encoder", "x"), "unknown --b-pred-encoder"),
+    (("--a-modes", "gist", "half"), "unknown --a-modes"),
+    (("--b-losses", "mse"), "unknown --b-losses"),
+    # buffers that cannot fit: refused with the estimate
+    (("--batch-size", "100000000"), "GiB"),
+    (("--n-embd", "65536", "--n-head", "64", "--n-kv-head", "64", "--n-layer", "64"), "GiB"),
+    (("--stage", "c", "--c-chunk-len", "4000", "--eval-inner-steps", "1", "--meta-batch-size", "1000"), "GiB"),
+    # tyro's own parse box
+    (("--n-head", "abc"), None),
+    (("--no-such-flag", "1"), None),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+def test_bad_input_fails_fast_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    write_inputs(tmp_path)
+    assert_bad_input(G, SCRIPT, argv, message, capsys, tmp_path, monkeypatch)
+
+
+def test_memory_refusal_names_the_estimate(capsys, tmp_path, monkeypatch):
+    err = assert_bad_input(G, SCRIPT, ("--batch-size", "100000000"), "needs about", capsys, tmp_path, monkeypatch)
+    assert "1.017M parameters" in err and "GiB available" in err
+
+
+def test_bad_input_in_a_subprocess_leaves_no_folder(run, tmp_path):
+    (tmp_path / "broken.json").write_text("{}")
+    proc, run_dir = run(SCRIPT, "--tokenizer", str(tmp_path / "broken.json"), extra_env=OFFLINE)
+    assert proc.returncode == 2 and run_dir is None and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gist_meta.py: error: --tokenizer ") and "could not be loaded" in lines[0]
+
+
+def test_check_args_is_pure_and_one_line():
+    for changes, message in [({"num_gist_tokens": 0}, "--num-gist-tokens (k) must be at least 1"),
+                             ({"inner_lr": 0.0}, "--inner-lr must be a finite number > 0"),
+                             ({"n_head": 0}, "--n-head must be positive")]:
+        with pytest.raises(ValueError) as e:
+            G.check_args(G.Args(**changes))
+        assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_too_short_corpus_is_one_line():
-    args = G.finalize_args(G.Args(context_len=64, cont_len=16, c_chunk_len=32, eval_inner_steps=5))
+    args = G.check_args(G.Args(context_len=64, cont_len=16, c_chunk_len=32, eval_inner_steps=5))
     assert G.required_tokens(args) == 6 * 32 + 2                    # K + 1 consecutive chunks
     ids = torch.zeros(G.required_tokens(args) - 1, dtype=torch.long)
     with pytest.raises(ValueError, match="the corpus is too short") as e:
@@ -324,33 +430,45 @@ def test_too_short_corpus_is_one_line():
 
 
 def test_positions_and_derived_fields():
-    args = G.finalize_args(G.Args(context_len=64, num_gist_tokens=4, cont_len=16, c_chunk_len=40, stage="b"))
+    args = G.check_args(G.Args(context_len=64, num_gist_tokens=4, cont_len=16, c_chunk_len=40, stage="b"))
     assert args.n_positions == 84 and args.run_stages == ("b",) and args.a_run_modes == ("gist",)
-    assert G.finalize_args(G.Args(a_modes=("none", "full"))).a_run_modes == ("gist", "none", "full")
+    assert G.check_args(G.Args(a_modes=("none", "full"))).a_run_modes == ("gist", "none", "full")
     G.check_positions(84, 84)
     with pytest.raises(ValueError, match="needs 85 positions"):
         G.check_positions(85, 84)
 
 
+def test_finalize_args_reads_the_tokenizer_and_estimates_memory():
+    args = G.finalize_args(G.Args())
+    assert args.gist_id == 256 and args.n_vocab == 257
+    n_params = 1_017_088                                            # the defaults (docs/gist_meta.md)
+    est = G.memory_estimate(args, n_params, 257, 128, 4, 4, 400_000)
+    assert 4 * 10 * n_params < est < 2**31                           # weights and activations, well under 2 GiB
+    bigger = G.memory_estimate(G.check_args(G.Args(batch_size=32)), n_params, 257, 128, 4, 4, 400_000)
+    assert bigger > est
+
+
 # ------------------------------------------------------------------------------------------------
-# Smoke runs (subprocess, temporary directory)
+# Runs (in process, temporary directory) and the real CLI path (subprocess)
 # ------------------------------------------------------------------------------------------------
 def comparable(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-def test_smoke_all_stages_write_every_output(run):
-    proc, run_dir = run(SCRIPT, *TINY, extra_env=OFFLINE)
-    assert proc.returncode == 0, proc.stderr
+def test_all_stages_write_every_output(tmp_path):
+    code, run_dir = run_in_process(G, SCRIPT, "step", tmp_path, *TINY)
+    assert code == 0
     config = read_json(run_dir / "config.json")
     assert config["x_axis"] == "step" and config["args"]["stage"] == "all" and config["args"]["gist_id"] == 256
     rows = read_metrics(run_dir)
     steps = [r["step"] for r in rows]
     assert steps == sorted(steps)
+    starts = [r for r in rows if r["stage"] == "a" and r["stage_step"] == 0]     # CE at the init, every mask
+    assert [r["step"] for r in starts] == [0, 6, 12] and all("a/train_loss" not in r for r in starts)
     assert {r["a/mode"] for r in rows if r["stage"] == "a"} == {"gist", "full", "none"}
     assert any("b/gist_spread_pred" in r for r in rows) and any("c/outer_ce" in r for r in rows)
     s = read_json(run_dir / "summary.json")
-    assert s["status"] == "ok"
+    assert s["status"] == "ok" and s["rows_logged"] == len(rows) and s["last_step"] == rows[-1]["step"]
     for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_retention", "a_retention_head", "a_ce_head_none", "a_fwd_masked_ratio", "b_val_ce_gist",
                 "b_val_ce_ce", "b_val_ce_none", "b_gist_spread_pred_final", "c_sec_per_meta_step",
                 "c_meta_vs_plain", "c_loss_scale_final", *(f"c_eval_gain_{r}" for r in G.EVAL_RULES)):
@@ -365,11 +483,12 @@ def test_smoke_all_stages_write_every_output(run):
         assert (run_dir / png).stat().st_size > 1000
 
 
-def test_stage_c_similar_first_order_is_deterministic(run):
+def test_stage_c_similar_first_order_is_deterministic(tmp_path):
     args = (*TINY, "--stage", "c", "--val-select", "similar", "--sim-repr", "mean", "--first-order", "True",
             "--meta-theta", "True", "--gist-proj", "False", "--learn-loss-scale", "False")
-    (p1, d1), (p2, d2) = run(SCRIPT, *args, extra_env=OFFLINE), run(SCRIPT, *args, extra_env=OFFLINE)
-    assert p1.returncode == 0 and p2.returncode == 0, p1.stderr + p2.stderr
+    (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
+    (c1, d1), (c2, d2) = (run_in_process(G, SCRIPT, "step", tmp_path / n, *args) for n in ("1", "2"))
+    assert c1 == 0 and c2 == 0
     r1, r2 = read_metrics(d1), read_metrics(d2)
     assert comparable(r1) == comparable(r2)
     assert {r["a/mode"] for r in r1 if r["stage"] == "a"} == {"gist"}      # only the gist model for C
@@ -393,15 +512,37 @@ def test_stage_b_from_a_pretrained_checkpoint_with_ema_target_bpe_and_offline_tr
     assert list((run_dir / "wandb").glob("offline-run-*/*.wandb"))
 
 
-def test_non_finite_meta_step_stops_and_keeps_the_log(run):
-    proc, run_dir = run(SCRIPT, *TINY, "--stage", "c", "--inner-lr", "inf", extra_env=OFFLINE)
-    assert proc.returncode != 0 and "non-finite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert any(r["stage"] == "a" for r in read_metrics(run_dir))
-    assert read_json(run_dir / "summary.json")["status"].startswith("non-finite")
+@pytest.mark.parametrize("where", ["stage_a", "stage_c"])
+def test_non_finite_loss_stops_and_keeps_the_rows(where, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    if where == "stage_a":                      # NaN loss from the 4th stage-A step: caught at the step-6 row
+        real = G.stage_a_losses
 
+        def poisoned(*a, **kw):
+            loss, cont = real(*a, **kw)
+            calls["n"] += 1
+            return (loss * float("nan"), cont) if calls["n"] >= 4 else (loss, cont)
+        monkeypatch.setattr(G, "stage_a_losses", poisoned)
+    else:                                       # NaN outer loss at the second meta step
+        real = G.meta_gradients
 
-def test_bad_input_fails_fast_with_one_line(run):
-    proc, run_dir = run(SCRIPT, "--num-gist-tokens", "0", extra_env=OFFLINE)
-    assert proc.returncode != 0 and run_dir is None
-    assert "--num-gist-tokens (k) must be at least 1" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        def poisoned(*a, **kw):
+            inner, outer, grads = real(*a, **kw)
+            calls["n"] += 1
+            return inner, (outer * float("nan") if calls["n"] == 2 else outer), grads
+        monkeypatch.setattr(G, "meta_gradients", poisoned)
+    code, run_dir = run_in_process(G, SCRIPT, "step", tmp_path, *TINY, "--stage", "c")
+    err = capsys.readouterr().err
+    assert code == 1 and "stopped: non-finite loss" in err and "Traceback" not in err
+    rows = read_metrics(run_dir)                                 # strict JSON: NaN became null
+    s = read_json(run_dir / "summary.json")
+    assert s["status"].startswith("non-finite loss nan at step") and s["rows_logged"] == len(rows)
+    assert s["last_step"] == rows[-1]["step"]
+    if where == "stage_a":
+        assert [r["stage_step"] for r in rows] == [0, 3, 6] and rows[1]["a/train_loss"] is not None
+        assert rows[2]["a/train_loss"] is None and "stage A" in s["status"]
+    else:
+        a_rows, c_rows = [r for r in rows if r["stage"] == "a"], [r for r in rows if r["stage"] == "c"]
+        assert [r["stage_step"] for r in a_rows] == [0, 3, 6] and [r["stage_step"] for r in c_rows] == [1, 2]
+        assert c_rows[0]["c/outer_ce"] is not None and c_rows[1]["c/outer_ce"] is None
+        assert "stage C, outer loss" in s["status"] and "a_ce_gist" in s
