@@ -170,6 +170,8 @@ def finalize_args(args: Args) -> Args:
     """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
     if args.env not in ENVS:
         raise ValueError(f"unknown --env {args.env!r}; choose one of {', '.join(ENVS)}")
+    if not 0 <= args.seed < 2**32 or not 0 <= args.rd_seed < 2**32:
+        raise ValueError(f"--seed and --rd-seed must lie in [0, 2**32), got {args.seed} and {args.rd_seed}")
     for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
                  "torch_threads"):
         if getattr(args, name) <= 0:

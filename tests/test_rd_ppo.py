@@ -331,6 +331,7 @@ def test_track_offline_writes_a_wandb_run(run):
     (("--target-kl", "0"), "--target-kl must be > 0"),
     (("--rd-h-min", "0"), "need 0 < --rd-h-min < --rd-clamp"),
     (("--num-envs", "1", "--num-steps", "1000000000", "--total-timesteps", "1000000000"), "GiB"),
+    (("--seed", "-1"), "--seed and --rd-seed must lie in [0, 2**32)"),
     (("--num-envs", "abc"), None),                                   # tyro's parse box
     (("--no-such-flag", "1"), None),
 ])
