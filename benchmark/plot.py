@@ -26,6 +26,8 @@ import numpy as np
 def load_runs(root: Path):
     for run_dir in sorted(p for p in root.iterdir() if (p / "config.json").exists()):
         config = json.loads((run_dir / "config.json").read_text())
+        if config["args"].get("num_seeds", 1) > 1:          # rd_ppo --num-seeds: the agents have own folders
+            continue
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
