@@ -119,17 +119,25 @@ class Args:
 
     # ---- what is evolved ----
     env: str = "foodworld"
-    """environment: foodworld, pendulum, double_pendulum or cartpole"""
+    """environment: foodworld, hiddenfood (needs learning within a lifetime), pendulum, double_pendulum or cartpole"""
     evolve: str = "rule"
-    """rule: evolve the learning rule (fresh actor every lifetime); actor: evolve the actor's weights, rule off"""
+    """rule: evolve the learning rule (fresh actor every lifetime); actor: the actor's weights, rule off; gru: a
+    recurrent actor fed (obs, last reward, last action), RL^2-style, rule off"""
+    optimizer: str = "ga"
+    """ga (the seed's truncation GA) or es (OpenAI-ES: antithetic Gaussian search, centred ranks, plain SGD)"""
     rule: str = "mpnn"
     """learning-rule family: mpnn (the seed's message-passing cells) or abcd (reward-modulated Hebbian)"""
+    neuron_id: bool = True
+    """mpnn: feed the cells a one-hot identity of each action neuron (False: the seed's symmetric cells)"""
     food_layout: str = "random"
     """foodworld food placement per training lifetime: fixed (the seed's) or random"""
     observe_count: bool = True
     """foodworld: the 7th observation is the food count (the seed's); False feeds 0 there instead"""
     steps: int = 200
     """environment steps per lifetime"""
+    episodes: int = 4
+    """episodes per lifetime (hiddenfood restarts the agent at the origin each episode; the food stays); the
+    return per episode is the within-lifetime learning curve (other envs: equal segments of the lifetime)"""
     dt: float = 0.05
     """RK4 step of the pendulums (s)"""
     damping: float = 0.1
@@ -154,6 +162,14 @@ class Args:
     """mpnn: size of the backward learning signal"""
     state_dim: int = 2
     """mpnn: recurrent state per neuron and per synapse"""
+    gru_hidden: int = 8
+    """--evolve gru: hidden units"""
+    hand_lr: float = 0.15
+    """hand-set node-perturbation rule (a control on hiddenfood): learning rate"""
+    hand_sigma: float = 1.0
+    """hand-set node-perturbation rule: std of the exploration noise added to every pre-activation"""
+    hand_trace: float = 0.8
+    """hand-set node-perturbation rule: decay of the eligibility trace (the force acts through the velocity)"""
 
     # ---- genetic algorithm ----
     population_size: int = 1000
@@ -178,6 +194,12 @@ class Args:
     """probability that a child is a uniform crossover of two parents"""
     init_std: float = 1.0
     """std of the initial genomes"""
+    es_sigma: float = 0.1
+    """--optimizer es: std of the search perturbations"""
+    es_lr: float = 0.2
+    """--optimizer es: step size of the mean"""
+    reeval_top: int = 10
+    """the top k of the final generation are re-evaluated on fresh validation lifetimes before the champion is picked"""
 
     # ---- evaluation and outputs ----
     eval_lifetimes: int = 32
@@ -194,10 +216,10 @@ class Args:
     """numbers per genome"""
 
 
-ENVS = ("foodworld", "pendulum", "double_pendulum", "cartpole")
+ENVS = ("foodworld", "hiddenfood", "pendulum", "double_pendulum", "cartpole")
 RULES = ("mpnn", "abcd")
 # fields that describe a saved individual; --show takes them from the file, not from the command line
-STRUCTURAL = ("env", "evolve", "rule", "observe_count", "dt", "damping", "actor_shape", "weight_limit", "weight_init",
+STRUCTURAL = ("env", "evolve", "rule", "neuron_id", "gru_hidden", "observe_count", "dt", "damping", "actor_shape", "weight_limit", "weight_init",
               "sigma_init", "sigma_limit", "rule_lr", "signal_dim", "state_dim", "genome_size")
 
 
@@ -207,8 +229,8 @@ def check_structure(args: Args) -> None:
         raise ValueError(f"unknown --env {args.env!r}; choose one of {', '.join(ENVS)}")
     if args.rule not in RULES:
         raise ValueError(f"unknown --rule {args.rule!r}; choose one of {', '.join(RULES)}")
-    if args.evolve not in ("rule", "actor"):
-        raise ValueError(f"unknown --evolve {args.evolve!r}; choose one of rule, actor")
+    if args.evolve not in ("rule", "actor", "gru"):
+        raise ValueError(f"unknown --evolve {args.evolve!r}; choose one of rule, actor, gru")
     obs_dim, act_dim = ENV_DIMS[args.env]
     shape = args.actor_shape
     if len(shape) < 2 or min(shape) <= 0:
@@ -216,7 +238,7 @@ def check_structure(args: Args) -> None:
     if shape[0] != obs_dim or shape[-1] != act_dim:
         raise ValueError(f"--actor-shape {shape} must start with {obs_dim} (observation) and end with {act_dim} "
                          f"(action) for --env {args.env}")
-    for name in ("signal_dim", "state_dim"):
+    for name in ("signal_dim", "state_dim", "gru_hidden"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name, low, strict in (("weight_limit", 0.0, True), ("rule_lr", 0.0, True), ("dt", 0.0, True),
@@ -302,6 +324,8 @@ def estimate_bytes(args: Args) -> tuple[float, str]:
             + (2 * sd + out_c + 1) * max(synapses) + (sd + out_c) * (max(shape) + 2 * NODE_INFO + S + 4)
     elif args.evolve == "rule":
         per_row += 8 * max((n_in + 1) * n_out for n_in, n_out in layers)
+    if args.env == "hiddenfood":                # the hand-set rule's eligibility traces and the kept rewards
+        per_row += 2 * sum(s + n_out for s, (_, n_out) in zip(synapses, layers)) + args.steps
     if args.show is not None:                    # the GIF writer keeps every drawn frame: 400 x 400 RGBA
         frames = -(-args.steps // args.gif_stride)
         return 4.0 * per_row + 512.0 * args.steps + 640_000.0 * frames, \
@@ -317,7 +341,8 @@ def estimate_bytes(args: Args) -> tuple[float, str]:
 def finalize_args(args: Args) -> Args:
     """Check the arguments and fill the derived fields; a ValueError carries a one-line reason. With
     --show, the structure of the individual (STRUCTURAL) comes from the file and is checked here too."""
-    choices = {"food_layout": ("fixed", "random"), "elitism": ("topk", "original"), "fitness_agg": ("mean", "min")}
+    choices = {"food_layout": ("fixed", "random"), "elitism": ("topk", "original"), "fitness_agg": ("mean", "min"),
+               "optimizer": ("ga", "es")}
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
             flag = f"--{name.replace('_', '-')} {getattr(args, name)!r}"
@@ -341,9 +366,20 @@ def finalize_args(args: Args) -> Args:
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must lie in [0, 2**32 - 1], got {args.seed}")
     for name in ("population_size", "num_survivors", "generations", "evals_per_gen", "steps", "eval_lifetimes",
-                 "torch_threads", "gif_stride"):
+                 "torch_threads", "gif_stride", "episodes", "reeval_top"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.episodes > args.steps or (args.env == "hiddenfood" and args.steps % args.episodes):
+        raise ValueError(f"--steps {args.steps} must be a multiple of --episodes {args.episodes} (hiddenfood) "
+                         f"and not smaller")
+    if args.optimizer == "es" and args.population_size % 2:
+        raise ValueError(f"--optimizer es pairs antithetic perturbations: --population-size must be even, "
+                         f"got {args.population_size}")
+    for name in ("hand_lr", "hand_sigma", "es_sigma", "es_lr"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
+    if not 0.0 <= args.hand_trace < 1.0:
+        raise ValueError(f"--hand-trace must lie in [0, 1), got {args.hand_trace}")
     if args.num_survivors > args.population_size:
         raise ValueError(f"--num-survivors {args.num_survivors} exceeds --population-size {args.population_size}")
     if not 0 <= args.num_elites <= args.num_survivors:
@@ -364,7 +400,8 @@ def finalize_args(args: Args) -> Args:
 # Environments: batched over B = individuals x lifetimes. initial_state(K, gen) draws K lifetimes'
 # starts; reset(state) loads a (B, .) batch; step(action in [-1, 1]) -> reward (B,).
 # ==================================================================================================
-ENV_DIMS = {"foodworld": (7, 2), "pendulum": (3, 1), "double_pendulum": (6, 1), "cartpole": (4, 1)}
+ENV_DIMS = {"foodworld": (7, 2), "hiddenfood": (4, 2), "pendulum": (3, 1), "double_pendulum": (6, 1),
+            "cartpole": (4, 1)}
 G = 9.81
 SEED_FOOD_STEP = math.atan2(0.95, 0.3)   # the seed's rotation matrix [[0.3, -0.95], [0.95, 0.3]], as an angle
 
@@ -397,7 +434,9 @@ class FoodWorld:
 
     @property
     def obs(self) -> torch.Tensor:
-        return self.s if self.observe_count else torch.cat([self.s[:, :6], torch.zeros_like(self.s[:, 6:])], dim=1)
+        """A fresh tensor: step() writes self.s in place, and the rules read the observation from the trace
+        after the step (an alias here once fed them s_{t+1} instead of what the actor saw)."""
+        return self.s.clone() if self.observe_count else torch.cat([self.s[:, :6], torch.zeros_like(self.s[:, 6:])], 1)
 
     def current_value(self) -> torch.Tensor:
         return self.s[:, 6] - torch.linalg.vector_norm(self.s[:, 4:6] - self.s[:, 0:2], dim=1)
@@ -420,6 +459,62 @@ class FoodWorld:
 
     def positions(self) -> torch.Tensor:
         return self.s[:, [0, 1, 4, 5, 6]]
+
+
+class HiddenFood:
+    """A task that needs learning within a lifetime. The food sits at a hidden place on the unit circle (angle
+    U[0, 2pi), one per lifetime) that is NOT observed: obs (B, 4) = [x, y, vx, vy] only. FoodWorld's physics
+    (v <- 0.9 v + 0.01 a, walls at +-2). The lifetime is `episodes` episodes of steps/episodes steps; each starts
+    at the origin at rest, and the food stays where it was. Reward, normalised and paying for eating:
+        r = (d_before - d_after) / (1 - EAT_RADIUS) + eaten,   d = distance to the (hidden) food,
+    after an eat the agent restarts at the origin (that jump is not a reward), so one trip pays about 2.
+    A fixed policy can only sweep; one that has learned where the food is goes straight there."""
+    ACCEL, DRAG, MAX_SPEED, WALL, BOUNCE, EAT_RADIUS = 0.01, 0.9, 10.0, 2.0, -0.9, 0.1
+
+    def __init__(self, episode_len: int = 50, **_):
+        self.episode_len = episode_len
+
+    def initial_state(self, k: int, gen: torch.Generator, device) -> torch.Tensor:
+        """(K, 2): the hidden food of each lifetime."""
+        phi = torch.rand(k, generator=gen, device=device) * 2 * math.pi
+        return torch.stack([torch.cos(phi), torch.sin(phi)], dim=1)
+
+    def reset(self, state: torch.Tensor) -> None:
+        self.food = state.clone()
+        self.s = torch.zeros(state.shape[0], 4, device=state.device)
+        self.t = 0
+        self.eats = torch.zeros(state.shape[0], device=state.device)
+
+    @property
+    def obs(self) -> torch.Tensor:
+        return self.s.clone()
+
+    def step(self, action: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        d_before = torch.linalg.vector_norm(self.food - s[:, 0:2], dim=1)
+        vel = self.DRAG * s[:, 2:4] + self.ACCEL * action
+        speed = torch.linalg.vector_norm(vel, dim=1, keepdim=True)
+        vel = vel * torch.clamp(self.MAX_SPEED / speed.clamp_min(1e-12), max=1.0)
+        pos = s[:, 0:2] + vel
+        hit = pos.abs() > self.WALL
+        pos = pos.clamp(-self.WALL, self.WALL)
+        vel = torch.where(hit, self.BOUNCE * vel, vel)
+        d_after = torch.linalg.vector_norm(self.food - pos, dim=1)
+        eaten = d_after < self.EAT_RADIUS
+        reward = (d_before - d_after) / (1.0 - self.EAT_RADIUS) + eaten
+        self.eats += eaten
+        self.t += 1
+        restart = eaten[:, None] | (self.t % self.episode_len == 0)
+        self.s = torch.where(restart, torch.zeros_like(s), torch.cat([pos, vel], dim=1))
+        return reward
+
+    def positions(self) -> torch.Tensor:
+        return torch.cat([self.s[:, 0:2], self.food, self.eats[:, None]], dim=1)
+
+
+def hidden_food_oracle(env) -> torch.Tensor:
+    """The ceiling on hiddenfood: a controller that is told where the food is (push_toward_food on it)."""
+    return push_toward_food(torch.cat([env.s, env.food], dim=1))
 
 
 def relocate_food(food: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
@@ -553,12 +648,13 @@ class CartPole:
         return self.s
 
 
-ENV_CLASSES = {"foodworld": FoodWorld, "pendulum": Pendulum, "double_pendulum": DoublePendulum, "cartpole": CartPole}
+ENV_CLASSES = {"foodworld": FoodWorld, "hiddenfood": HiddenFood, "pendulum": Pendulum, "double_pendulum": DoublePendulum,
+               "cartpole": CartPole}
 
 
 def make_env(args: Args, layout: Optional[str] = None):
     return ENV_CLASSES[args.env](layout=layout or args.food_layout, observe_count=args.observe_count, dt=args.dt,
-                                 damping=args.damping)
+                                 damping=args.damping, episode_len=args.steps // args.episodes)
 
 
 def push_toward_food(obs: torch.Tensor, kp: float = 10.0, kd: float = 30.0) -> torch.Tensor:
@@ -623,17 +719,55 @@ def actor_from_genome(genome: torch.Tensor, shape: list[int], k: int, args: Args
     return Actor(weights, biases, sigmas, lim, args.sigma_limit)
 
 
+class GRUActor:
+    """--evolve gru (RL^2-style, the upper reference): x_t = [obs_t, r_{t-1}, a_{t-1}] (zeros at birth),
+        u = sig(x Wu + h Uu + bu),  c = sig(x Wc + h Uc + bc),  n = tanh(x Wn + bn + c * (h Un)),
+        h <- (1 - u) n + u h,       a = tanh(h Wa + ba)
+    with per-individual weights; the memory h is what it learns with (the weights never change)."""
+
+    def __init__(self, genome: torch.Tensor, shape: list[int], hidden: int, k: int):
+        g = genome.repeat_interleave(k, dim=0)
+        self.p = unpack(g, gru_param_shapes(shape, hidden))
+        B, self.H = g.shape[0], hidden
+        self.h = torch.zeros(B, hidden, device=g.device)
+        self.last_reward = torch.zeros(B, 1, device=g.device)
+        self.last_action = torch.zeros(B, shape[-1], device=g.device)
+
+    def forward(self, obs: torch.Tensor, noise=None):
+        x = torch.cat([obs, self.last_reward, self.last_action], dim=1)
+        H, p = self.H, self.p
+        gx = torch.baddbmm(p["b"].unsqueeze(1), x.unsqueeze(1), p["Wx"]).squeeze(1)       # (B, 3H)
+        gh = torch.bmm(self.h.unsqueeze(1), p["Wh"]).squeeze(1)
+        u = torch.sigmoid(gx[:, :H] + gh[:, :H])
+        c = torch.sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])
+        n = torch.tanh(gx[:, 2 * H:] + c * gh[:, 2 * H:])
+        self.h = (1 - u) * n + u * self.h
+        action = torch.tanh(torch.baddbmm(p["ba"].unsqueeze(1), self.h.unsqueeze(1), p["Wa"]).squeeze(1))
+        self.last_action = action
+        return action, None
+
+    def observe(self, reward: torch.Tensor) -> None:
+        self.last_reward = reward[:, None]
+
+
+def gru_param_shapes(shape: list[int], hidden: int) -> list[tuple[str, tuple]]:
+    n_in = shape[0] + 1 + shape[-1]
+    return [("Wx", (n_in, 3 * hidden)), ("Wh", (hidden, 3 * hidden)), ("b", (3 * hidden,)),
+            ("Wa", (hidden, shape[-1])), ("ba", (shape[-1],))]
+
+
 # ==================================================================================================
 # Genome layouts
 # ==================================================================================================
 NODE_INFO = 5  # [z, z^, y, b, sigma]
 
 
-def mpnn_param_shapes(signal_dim: int, state_dim: int) -> list[tuple[str, tuple]]:
-    """Node cell: x = [info 5, signal S, r, is_action] -> [signal S, db, dsigma]; connection cell:
-    x = [post info 5, pre info 5, signal S, w, r, is_input] -> [signal S, dw]. Ws acts on [s, x]."""
+def mpnn_param_shapes(signal_dim: int, state_dim: int, id_dim: int = 0) -> list[tuple[str, tuple]]:
+    """Node cell: x = [info 5, signal S, r, is_action, id] -> [signal S, db, dsigma]; connection cell:
+    x = [post info 5, pre info 5, signal S, w, r, is_input, post id] -> [signal S, dw]. Ws acts on [s, x].
+    id: one-hot of the action neuron (id_dim = action size with --neuron-id, zeros off the action layer)."""
     s, sd = signal_dim, state_dim
-    in_n, out_n, in_c, out_c = NODE_INFO + s + 2, s + 2, 2 * NODE_INFO + s + 3, s + 1
+    in_n, out_n, in_c, out_c = NODE_INFO + s + 2 + id_dim, s + 2, 2 * NODE_INFO + s + 3 + id_dim, s + 1
     return [("node_Ws", (sd + in_n, sd)), ("node_bs", (sd,)), ("node_Wo", (sd + in_n, out_n)), ("node_bo", (out_n,)),
             ("conn_Ws", (sd + in_c, sd)), ("conn_bs", (sd,)), ("conn_Wo", (sd + in_c, out_c)), ("conn_bo", (out_c,))]
 
@@ -655,9 +789,15 @@ def actor_param_shapes(shape: list[int], with_sigma: bool) -> list[tuple[str, tu
 def param_shapes(args: Args) -> list[tuple[str, tuple]]:
     if args.evolve == "actor":
         return actor_param_shapes(args.actor_shape, args.sigma_limit > 0)
+    if args.evolve == "gru":
+        return gru_param_shapes(args.actor_shape, args.gru_hidden)
     if args.rule == "mpnn":
-        return mpnn_param_shapes(args.signal_dim, args.state_dim)
+        return mpnn_param_shapes(args.signal_dim, args.state_dim, id_dim(args))
     return abcd_param_shapes(args.actor_shape)
+
+
+def id_dim(args: Args) -> int:
+    return args.actor_shape[-1] if args.neuron_id else 0
 
 
 def genome_size(args: Args) -> int:
@@ -688,7 +828,8 @@ class MessagePassingRule:
     """The seed's rule (module docstring). State per neuron (B, n, state_dim), per synapse (B, state_dim, n_in, n_out)."""
 
     def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
-        self.p = unpack(genome, mpnn_param_shapes(args.signal_dim, args.state_dim))
+        self.n_id = id_dim(args)
+        self.p = unpack(genome, mpnn_param_shapes(args.signal_dim, args.state_dim, self.n_id))
         self.S, self.sd, self.lr, self.act_dim = args.signal_dim, args.state_dim, args.rule_lr, shape[-1]
         B, dev = genome.shape[0], genome.device
         self.node_state = [torch.zeros(B, n, self.sd, device=dev) for n in shape[1:]]
@@ -697,13 +838,18 @@ class MessagePassingRule:
         # (never building the (B, n_in, n_out, 14) input): rows of [Ws | Wo] that multiply x, (B, in_c, sd + out_c).
         sd, S = self.sd, self.S
         wx = torch.cat([self.p["conn_Ws"][:, sd:], self.p["conn_Wo"][:, sd:]], dim=-1)
-        self.wx_post = wx[:, list(range(NODE_INFO)) + list(range(2 * NODE_INFO, 2 * NODE_INFO + S))]
+        n_x = 2 * NODE_INFO + S + 3
+        self.wx_post = wx[:, list(range(NODE_INFO)) + list(range(2 * NODE_INFO, 2 * NODE_INFO + S))
+                          + list(range(n_x, n_x + self.n_id))]
         self.wx_pre = wx[:, NODE_INFO:2 * NODE_INFO]
         self.wx_w, self.wx_r, self.wx_flag = (wx[:, 2 * NODE_INFO + S + j] for j in range(3))
         self.bias_c = torch.cat([self.p["conn_bs"], self.p["conn_bo"]], dim=-1)
         self.ws_state, self.wo_state = self.p["conn_Ws"][:, :sd], self.p["conn_Wo"][:, :sd]
         self.is_action = [torch.zeros(1, n, 1, device=dev) for n in shape[1:]]
         self.is_action[-1][:, : self.act_dim] = 1.0
+        self.ids = [torch.zeros(1, n, self.n_id, device=dev) for n in shape[1:]]      # (1, n, id_dim)
+        if self.n_id:
+            self.ids[-1][0] = torch.eye(self.act_dim, device=dev)
 
     def update(self, actor: Actor, trace: list, reward: torch.Tensor) -> None:
         B, L, S, sd, lr = reward.shape[0], len(trace), self.S, self.sd, self.lr
@@ -716,7 +862,8 @@ class MessagePassingRule:
             if signal is None:
                 signal = torch.zeros(B, n_out, S, device=y.device)
             info = torch.stack([z, zhat, y, b, sig], dim=-1)                              # (B, n_out, 5)
-            x_node = torch.cat([info, signal, r.expand(B, n_out, 1), self.is_action[l].expand(B, -1, -1)], -1)
+            x_node = torch.cat([info, signal, r.expand(B, n_out, 1), self.is_action[l].expand(B, -1, -1),
+                                self.ids[l].expand(B, -1, -1)], -1)
             out, self.node_state[l] = recurrent_cell(x_node, self.node_state[l], self.p["node_Ws"],
                                                      self.p["node_bs"], self.p["node_Wo"], self.p["node_bo"])
             post_signal = out[..., :S]
@@ -733,7 +880,8 @@ class MessagePassingRule:
             const = torch.addcmul(self.bias_c, reward[:, None], self.wx_r)
             if l == 0:
                 const = const + self.wx_flag
-            post_part = torch.baddbmm(const[:, None], torch.cat([info, post_signal], -1), self.wx_post).transpose(1, 2)
+            post_x = torch.cat([info, post_signal, self.ids[l].expand(B, -1, -1)], -1)
+            post_part = torch.baddbmm(const[:, None], post_x, self.wx_post).transpose(1, 2)
             pre_part = torch.bmm(pre_info, self.wx_pre).transpose(1, 2)
             # ... broadcast to every synapse, one contiguous (B, ., n_in, n_out) tensor per head (state, output);
             # s @ W then adds one pass per state unit, with per-individual scalars
@@ -757,9 +905,9 @@ def abcd_delta(coef: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, m: tor
     pre (B, n_in), post (B, n_out), m (B,). Returns (dW (B, n_in, n_out), db (B, n_out))."""
     pre1 = torch.cat([pre, torch.ones_like(pre[:, :1])], dim=1)[:, :, None]            # (B, n_in+1, 1)
     post1 = post[:, None, :]
-    plain = coef[..., 0] * pre1 * post1 + coef[..., 1] * pre1 + coef[..., 2] * post1 + coef[..., 3]
-    gated = coef[..., 4] * pre1 * post1 + coef[..., 5] * pre1 + coef[..., 6] * post1 + coef[..., 7]
-    d = torch.addcmul(plain, gated, m[:, None, None]).clamp_(-1.0, 1.0)
+    c = torch.addcmul(coef[..., :4], coef[..., 4:], m[:, None, None, None])           # m first: A + m A', ...
+    d = (c[..., 0] * pre1 + c[..., 2]) * post1 + (c[..., 1] * pre1 + c[..., 3])
+    d = d.clamp_(-1.0, 1.0)
     return d[:, :-1], d[:, -1]
 
 
@@ -788,7 +936,33 @@ class HebbianRule:
             actor.b[l].add_(self.lr * db).clamp_(-actor.weight_limit, actor.weight_limit)
 
 
-RULE_CLASSES = {"mpnn": MessagePassingRule, "abcd": HebbianRule}
+class NodePerturbationRule:
+    """The hand-set rule known to learn (a positive control, nothing evolved): reward-modulated node
+    perturbation (Williams 1992; Fiete & Seung 2006) on every layer, with an eligibility trace because a
+    force acts on the position through the velocity:
+        xi = z^ - z (the injected noise, std sigma),  e_W <- lam e_W + x xi^T / sigma^2,  e_b <- lam e_b + xi / sigma^2
+        W += lr (r - rbar) e_W,  b += lr (r - rbar) e_b  (clip +-weight_limit),  rbar <- rbar + 0.05 (r - rbar)."""
+    RATE = 0.05
+
+    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
+        B, dev = genome.shape[0], genome.device
+        self.lr, self.lam, self.var = args.hand_lr, args.hand_trace, args.hand_sigma ** 2
+        self.eW = [torch.zeros(B, i, o, device=dev) for i, o in actor_layer_shapes(shape)]
+        self.eb = [torch.zeros(B, o, device=dev) for o in shape[1:]]
+        self.rbar = torch.zeros(B, device=dev)
+
+    def update(self, actor: Actor, trace: list, reward: torch.Tensor) -> None:
+        adv = (self.lr * (reward - self.rbar))[:, None]
+        self.rbar += self.RATE * (reward - self.rbar)
+        for l, (x, z, zhat, _) in enumerate(trace):
+            xi = (zhat - z) / self.var
+            self.eW[l].mul_(self.lam).add_(x[:, :, None] * xi[:, None, :])
+            self.eb[l].mul_(self.lam).add_(xi)
+            actor.W[l].addcmul_(self.eW[l], adv[:, :, None]).clamp_(-actor.weight_limit, actor.weight_limit)
+            actor.b[l].addcmul_(self.eb[l], adv).clamp_(-actor.weight_limit, actor.weight_limit)
+
+
+RULE_CLASSES = {"mpnn": MessagePassingRule, "abcd": HebbianRule, "nodepert": NodePerturbationRule}
 
 
 # ==================================================================================================
@@ -800,38 +974,46 @@ def lifetime_generator(seed: int, generation: int, device) -> torch.Generator:
 
 
 def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch.Generator, device, *,
-                  plastic: bool = True, zero_reward: bool = False, controller=None, record: bool = False) -> dict:
+                  plastic: bool = True, zero_reward: bool = False, rule_rewards: Optional[torch.Tensor] = None,
+                  controller=None, record: bool = False, rule_name: Optional[str] = None,
+                  actor: Optional[Actor] = None, keep_rewards: bool = False) -> dict:
     """Run every genome (P, D) for k shared lifetimes of args.steps steps.
 
-    genome is rule parameters (--evolve rule) or actor parameters (--evolve actor); None with a
-    controller (obs -> action in [-1, 1]) runs that controller instead. Returns returns (P, k),
-    quarters (P, k, 4) (return of each quarter of the lifetime), saturated (P, k) (fraction of
-    action entries with |a| > 0.99) and, with record, the states of row 0 over time."""
+    genome is rule parameters (--evolve rule), actor parameters (--evolve actor) or GRU parameters (--evolve
+    gru); None with a controller (env -> action in [-1, 1]) runs that controller instead. rule_name overrides
+    args.rule (the hand-set "nodepert" ignores the genome); actor, given, replaces the fresh draw (the frozen
+    control). What the rule (or the GRU's reward input) is fed: the env's reward; zeros with zero_reward;
+    rule_rewards (steps, B) with it given (the shuffled control). Returns returns (P, k), quarters (P, k, 4),
+    episodes (P, k, E) (return of each episode), saturated (P, k) (fraction of action entries with |a| > 0.99),
+    the final actor, with keep_rewards the env's rewards (steps, B), with record the states of row 0."""
     env = make_env(args)
     shape = args.actor_shape
     p = 1 if genome is None else genome.shape[0]
-    B = p * k
+    B, E = p * k, args.episodes
     start = env.initial_state(k, gen, device)
     if isinstance(env, CartPole):
         env.reset(start.repeat(p, 1), gen)
     else:
         env.reset(start.repeat(p, 1))
-    actor = rule = None
-    if controller is None:
+    rule = None
+    if controller is None and actor is None:
         if args.evolve == "actor":
             actor = actor_from_genome(genome, shape, k, args)
+        elif args.evolve == "gru":
+            actor = GRUActor(genome, shape, args.gru_hidden, k)
         else:
             actor = fresh_actor(shape, k, p, args, gen, device)
-            if plastic:
-                rule = RULE_CLASSES[args.rule](genome.repeat_interleave(k, dim=0), shape, args)
-    noisy = actor is not None and args.sigma_limit > 0
+    if controller is None and args.evolve == "rule" and plastic:
+        rule = RULE_CLASSES[rule_name or args.rule](genome.repeat_interleave(k, dim=0), shape, args)
+    noisy = isinstance(actor, Actor) and args.sigma_limit > 0
     total = torch.zeros(B, device=device)
     quarters = torch.zeros(B, 4, device=device)
+    episodes = torch.zeros(B, E, device=device)
     saturated = torch.zeros(B, device=device)
-    frames = []
+    frames, rewards = [], []
     for t in range(args.steps):
-        if actor is None:
-            action = controller(env.obs)
+        if controller is not None:
+            action = controller(env)
             trace = None
         else:
             noise = [torch.randn(k, n, generator=gen, device=device) for n in shape[1:]] if noisy else None
@@ -839,16 +1021,30 @@ def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch
         reward = env.step(action)
         total += reward
         quarters[:, 4 * t // args.steps] += reward
+        episodes[:, E * t // args.steps] += reward
         saturated += (action.abs() > 0.99).float().mean(dim=1)
+        if keep_rewards:
+            rewards.append(reward)
+        fed = torch.zeros_like(reward) if zero_reward else reward if rule_rewards is None else rule_rewards[t]
         if rule is not None:
-            rule.update(actor, trace, torch.zeros_like(reward) if zero_reward else reward)
+            rule.update(actor, trace, fed)
+        elif isinstance(actor, GRUActor):
+            actor.observe(fed)
         if record:
             frames.append(env.positions()[0].clone())
-    out = {"returns": total.view(p, k), "quarters": quarters.view(p, k, 4),
-           "saturated": (saturated / args.steps).view(p, k)}
+    out = {"returns": total.view(p, k), "quarters": quarters.view(p, k, 4), "episodes": episodes.view(p, k, E),
+           "saturated": (saturated / args.steps).view(p, k), "actor": actor}
+    if keep_rewards:
+        out["rewards"] = torch.stack(rewards)
     if record:
         out["frames"] = torch.stack(frames).cpu().numpy()
     return out
+
+
+def shuffle_within_lifetime(rewards: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(steps, B) rewards -> each column's own rewards in a random order (the same values, no contingency)."""
+    perm = torch.argsort(torch.rand(rewards.shape, generator=gen, device=rewards.device), dim=0)
+    return torch.gather(rewards, 0, perm)
 
 
 def sanitize_fitness(fitness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -894,13 +1090,61 @@ def next_generation(pop: torch.Tensor, fitness: torch.Tensor, num_survivors: int
     return children, ranking
 
 
+def es_population(mean: torch.Tensor, sigma: float, P: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenAI-ES (Salimans et al. 2017) search points: P/2 antithetic pairs mean +- sigma eps. Returns (pop, eps)."""
+    eps = torch.randn(P // 2, mean.shape[0], generator=gen, device=mean.device)
+    return torch.cat([mean + sigma * eps, mean - sigma * eps]), eps
+
+
+def es_step(mean: torch.Tensor, eps: torch.Tensor, fitness: torch.Tensor, sigma: float, lr: float) -> torch.Tensor:
+    """One OpenAI-ES step: centred ranks u in [-0.5, 0.5] (ties by order, -inf last), gradient estimate
+    g = sum_i (u_i+ - u_i-) eps_i / (P sigma), mean + lr g (plain SGD)."""
+    P = fitness.shape[0]
+    ranks = torch.empty_like(fitness)
+    ranks[torch.sort(fitness, stable=True).indices] = torch.arange(P, dtype=fitness.dtype, device=fitness.device)
+    u = ranks / max(P - 1, 1) - 0.5
+    grad = (u[:P // 2] - u[P // 2:]) @ eps / (P * sigma)
+    return mean + lr * grad
+
+
 def quarter_stats(res: dict) -> dict:
-    """Mean and std over lifetimes of the whole-lifetime return and its first and last quarters (row 0)."""
+    """Mean and std over lifetimes of the whole-lifetime return and its first and last quarters (row 0), and
+    the mean return of each episode (the within-lifetime learning curve)."""
     r, q = res["returns"][0], res["quarters"][0]
     stats = {}
     for name, v in (("return", r), ("first_quarter", q[:, 0]), ("last_quarter", q[:, 3])):
         stats[name], stats[name + "_std"] = float(v.mean()), float(v.std()) if v.numel() > 1 else 0.0
+    if "episodes" in res:
+        stats["episodes"] = res["episodes"][0].mean(0).tolist()
     return stats
+
+
+def rule_controls(args: Args, genome: torch.Tensor, device, prefix: str = "", rule_name: Optional[str] = None) -> dict:
+    """One individual (genome (1, D)) on args.eval_lifetimes unseen lifetimes and its controls, every one on the
+    same lifetimes: the individual; reward zeroed; reward shuffled within each lifetime (the individual's own
+    rewards of the first run, in a random order: the same values without their contingency); and for a rule
+    plasticity off (the fresh actor, never updated) and the frozen final weights (each lifetime's learned
+    weights, no more updates) on fresh layouts and on the same layouts. Keys get prefix."""
+    k = args.eval_lifetimes
+    fresh = lambda: lifetime_generator(args.seed, -1, device)
+    run = lambda gen=None, **kw: run_lifetimes(args, genome, k, gen or fresh(), device, rule_name=rule_name, **kw)
+    first = run(keep_rewards=True)
+    out = {prefix + "best": quarter_stats(first), prefix + "reward_zeroed": quarter_stats(run(zero_reward=True))}
+    shuffled = shuffle_within_lifetime(first["rewards"],
+                                       torch.Generator(device=device).manual_seed(args.seed + 777))
+    out[prefix + "reward_shuffled"] = quarter_stats(run(rule_rewards=shuffled))
+    if args.evolve == "rule":
+        out[prefix + "plasticity_off"] = quarter_stats(run(plastic=False))
+        learned = first["actor"]
+        out[prefix + "frozen_fresh"] = quarter_stats(run(lifetime_generator(args.seed, -3, device), plastic=False,
+                                                         actor=learned))
+        out[prefix + "frozen_same"] = quarter_stats(run(plastic=False, actor=learned))
+    return out
+
+
+def hand_rule_args(args: Args) -> Args:
+    """The hand-set node-perturbation rule's run: a fresh noisy actor (sigma = --hand-sigma) under --rule nodepert."""
+    return dataclasses.replace(args, evolve="rule", sigma_init=args.hand_sigma, sigma_limit=args.hand_sigma)
 
 
 def heldout_controls(args: Args, best: torch.Tensor, device) -> dict:
@@ -908,23 +1152,40 @@ def heldout_controls(args: Args, best: torch.Tensor, device) -> dict:
     k = args.eval_lifetimes
     hargs = dataclasses.replace(args, food_layout="random")
     fresh = lambda: lifetime_generator(args.seed, -1, device)
-    out = {"best": quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device))}
+    if args.evolve in ("rule", "gru"):
+        out = rule_controls(hargs, best[None], device)
+    else:
+        out = {"best": quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device))}
     if args.evolve == "rule":
-        out["plasticity_off"] = quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device, plastic=False))
-        out["reward_zeroed"] = quarter_stats(run_lifetimes(hargs, best[None], k, fresh(), device, zero_reward=True))
         rand_gen = torch.Generator(device=device).manual_seed(args.seed + 12345)
         random_rules = torch.randn(k, args.genome_size, generator=rand_gen, device=device) * args.init_std
         res = run_lifetimes(hargs, random_rules, k, fresh(), device)      # random rule i on lifetime i
         diag = torch.arange(k, device=device)
         out["random_rule"] = quarter_stats({"returns": res["returns"][diag, diag][None],
-                                            "quarters": res["quarters"][diag, diag][None]})
+                                            "quarters": res["quarters"][diag, diag][None],
+                                            "episodes": res["episodes"][diag, diag][None]})
+    if args.env == "hiddenfood":
+        out.update(rule_controls(hand_rule_args(hargs), torch.zeros(1, 0, device=device), device, "hand_rule/",
+                                 "nodepert"))
+        out["oracle"] = quarter_stats(run_lifetimes(hargs, None, k, fresh(), device, controller=hidden_food_oracle))
     if args.env == "foodworld":
         out["push_toward_food"] = quarter_stats(run_lifetimes(hargs, None, k, fresh(), device,
-                                                              controller=push_toward_food))
+                                                              controller=lambda env: push_toward_food(env.obs)))
     out["zero_action"] = quarter_stats(run_lifetimes(hargs, None, k, fresh(), device,
-                                                     controller=lambda o: torch.zeros(o.shape[0], args.actor_shape[-1],
-                                                                                      device=o.device)))
+                                                     controller=lambda env: torch.zeros(env.obs.shape[0],
+                                                                                        args.actor_shape[-1],
+                                                                                        device=device)))
     return out
+
+
+def pick_champion(args: Args, candidates: torch.Tensor, device) -> tuple[torch.Tensor, list]:
+    """The top k of the final generation (rows of candidates, best first by their last fitness), each
+    re-evaluated on args.eval_lifetimes fresh validation lifetimes (neither training nor held-out): the
+    champion is the best there, not the luckiest of the last generation. Returns (champion (D,), the scores)."""
+    res = run_lifetimes(dataclasses.replace(args, food_layout="random"), candidates, args.eval_lifetimes,
+                        lifetime_generator(args.seed, -2, device), device)
+    score, _ = sanitize_fitness(res["returns"].mean(dim=1))
+    return candidates[int(torch.argmax(score))], score.tolist()
 
 
 def current_rss_mb() -> float:
@@ -1214,8 +1475,9 @@ def plot_fitness(rows: list[dict], title: str, path: str) -> None:
 def plot_trajectory(env_name: str, frames: np.ndarray, title: str, path: str) -> None:
     """FoodWorld: the path in the plane with the foods it was chasing; otherwise the state over time."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5) if env_name == "foodworld" else (7, 4))
-    if env_name == "foodworld":
+    plane = env_name in ("foodworld", "hiddenfood")
+    fig, ax = plt.subplots(figsize=(5, 5) if plane else (7, 4))
+    if plane:
         ax.scatter(frames[:, 0], frames[:, 1], c=np.arange(len(frames)), cmap="viridis", s=6, label="agent")
         foods = np.unique(frames[:, 2:4].round(5), axis=0)
         ax.scatter(foods[:, 0], foods[:, 1], marker="*", s=120, c="red", label="food")
@@ -1240,7 +1502,7 @@ def write_gif(env_name: str, frames: np.ndarray, stride: int, path: str) -> None
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     fig, ax = plt.subplots(figsize=(4, 4))
-    lim = {"foodworld": 2.1, "pendulum": 1.2, "double_pendulum": 2.2, "cartpole": 2.6}[env_name]
+    lim = {"foodworld": 2.1, "hiddenfood": 2.1, "pendulum": 1.2, "double_pendulum": 2.2, "cartpole": 2.6}[env_name]
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     (line,) = ax.plot([], [], "-o", lw=2)
     (food,) = ax.plot([], [], "r*", ms=14)
@@ -1248,7 +1510,7 @@ def write_gif(env_name: str, frames: np.ndarray, stride: int, path: str) -> None
 
     def draw(i):
         f = frames[i]
-        if env_name == "foodworld":
+        if env_name in ("foodworld", "hiddenfood"):
             line.set_data(frames[max(0, i - 20):i + 1, 0], frames[max(0, i - 20):i + 1, 1])
             food.set_data([f[2]], [f[3]])
             text.set_text(f"step {i}  foods {int(f[4])}")
@@ -1304,12 +1566,12 @@ def save_best(args: Args, run_dir: str, g: int, fitness: float, genome: torch.Te
 
 
 def final_controls(args: Args, final_best: torch.Tensor, generations_done: int, run_dir: str, device) -> dict:
-    """The final generation's best (the re-evaluated elite) and the controls on unseen layouts, and its
+    """The champion (the best of the final top k re-evaluated, pick_champion) and the controls on unseen layouts, and its
     trajectory on one unseen layout (trajectory.png); returns the summary entries."""
     controls = heldout_controls(args, final_best, device)
     rec = run_lifetimes(dataclasses.replace(args, food_layout="random"), final_best[None], 1,
                         lifetime_generator(args.seed, -1, device), device, record=True)
-    plot_trajectory(args.env, rec["frames"], f"best of generation {generations_done - 1}, unseen layout",
+    plot_trajectory(args.env, rec["frames"], f"champion of generation {generations_done - 1}, unseen layout",
                     os.path.join(run_dir, "trajectory.png"))
     line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
     print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")
@@ -1333,6 +1595,9 @@ def train(args: Args, log: RunLog) -> dict:
     ga_gen = torch.Generator(device=device).manual_seed(args.seed)
     P, K = args.population_size, args.evals_per_gen
     pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device) * args.init_std
+    if args.optimizer == "es":
+        mean = torch.zeros(args.genome_size, device=device)      # a zero rule makes no change: ES starts at no learning
+        pop, eps = es_population(mean, args.es_sigma, P, ga_gen)
     rows, status, best_ever = [], "ok", (-math.inf, -1)
     ind_steps = P * K * args.steps
     start_time, eval_time, eval_cpu = time.time(), 0.0, 0.0
@@ -1351,7 +1616,10 @@ def train(args: Args, log: RunLog) -> dict:
         if n_nan == P:
             status = f"every individual had a non-finite fitness at generation {g}"
             break
-        if g + 1 < args.generations:
+        if g + 1 < args.generations and args.optimizer == "es":
+            mean = es_step(mean, eps, fitness, args.es_sigma, args.es_lr)
+            pop, eps = es_population(mean, args.es_sigma, P, ga_gen)
+        elif g + 1 < args.generations:
             pop, _ = next_generation(pop, fitness, args.num_survivors, args.num_elites, args.mutation_probability,
                                      args.mutation_strength, args.crossover_rate, ga_gen, args.elitism)
 
@@ -1373,7 +1641,12 @@ def train(args: Args, log: RunLog) -> dict:
         what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
         plot_fitness(rows, f"{log.run_name}\n{args.env}, evolving the {what}", os.path.join(run_dir, "fitness.png"))
     if status == "ok":
-        summary.update(final_controls(args, pop[order[0]], len(rows), run_dir, device))
+        candidates = pop[order[:args.reeval_top]]
+        if args.optimizer == "es":
+            candidates = torch.cat([mean[None], candidates])
+        champion, scores = pick_champion(args, candidates, device)
+        summary.update({"champion_validation_returns": scores, "champion_rank": int(np.argmax(scores))})
+        summary.update(final_controls(args, champion, len(rows), run_dir, device))
         bad = [name for name, q in summary["heldout"].items() if not math.isfinite(q["return"])]
         if bad:
             summary["status"] = f"non-finite held-out return ({', '.join(bad)})"
@@ -1397,7 +1670,7 @@ def show(args: Args, log: RunLog) -> dict:
     write_gif(args.env, frames, args.gif_stride, os.path.join(log.run_dir, "show.gif"))
     plot_trajectory(args.env, frames, title, os.path.join(log.run_dir, "trajectory.png"))
     summary = {"status": "ok", "show": args.show, "saved_fitness": saved["fitness"], **quarter_stats(res)}
-    if args.env == "foodworld":
+    if args.env in ("foodworld", "hiddenfood"):
         summary["foods_eaten"] = int(frames[-1, 4])
     if not math.isfinite(summary["return"]):
         summary["status"] = "non-finite return of the replayed lifetime"

@@ -19,7 +19,7 @@ import ga_learning_rule as M
 
 SCRIPT = "ga_learning_rule.py"
 TINY = ("--population-size", "8", "--num-survivors", "4", "--num-elites", "1", "--generations", "2",
-        "--evals-per-gen", "2", "--steps", "12", "--eval-lifetimes", "3")
+        "--evals-per-gen", "2", "--steps", "12", "--eval-lifetimes", "3", "--reeval-top", "1")
 CPU = torch.device("cpu")
 
 
@@ -79,6 +79,44 @@ def test_foodworld_eats_within_the_radius_and_relocates():
     env = foodworld([food[0] - 0.11, food[1], 0.0, 0.0, *food, 0.0])
     env.step(torch.zeros(1, 2, dtype=torch.float64))
     assert env.s[0, 6].item() == 0.0
+
+
+def test_observation_is_a_copy_the_step_does_not_change_what_the_actor_saw():
+    """The aliasing bug: obs was the state tensor itself, and step() wrote it in place, so the trace (and the
+    rule's layer-0 input) held s_{t+1}. Both the observation and the trace's input must stay what the actor saw."""
+    for env_name, shape in (("foodworld", [7, 3, 2]), ("hiddenfood", [4, 3, 2])):
+        args = make_args(env=env_name, actor_shape=shape, weight_init=0.2, steps=40, episodes=4)
+        env = M.make_env(args)
+        env.reset(env.initial_state(2, torch.Generator().manual_seed(0), CPU))
+        actor = M.fresh_actor(shape, 2, 1, args, torch.Generator().manual_seed(1), CPU)
+        for _ in range(3):
+            obs = env.obs
+            seen = obs.clone()
+            action, trace = actor.forward(obs)
+            env.step(torch.ones_like(action))
+            assert torch.equal(obs, seen) and torch.equal(trace[0][0], seen)
+        assert not torch.equal(env.obs, seen)                           # the state did move on
+
+
+def test_hiddenfood_by_hand_reward_pays_eating_restarts_and_hides_the_food():
+    env = M.HiddenFood(episode_len=5)
+    env.reset(torch.tensor([[0.0, 0.25], [1.0, 0.0]]))
+    assert env.obs.shape == (2, 4) and torch.equal(env.obs, torch.zeros(2, 4))   # the food is not observed
+    r = env.step(torch.tensor([[0.0, 1.0], [0.0, 0.0]]))
+    # row 0: v = 0.01, p = (0, 0.01): progress 0.01 of the 0.9 normalisation; row 1: no move
+    np.testing.assert_allclose(r.numpy(), [0.01 / 0.9, 0.0], atol=1e-6)
+    env.s[0] = torch.tensor([0.0, 0.1, 0.0, 0.1])                  # one step from the food at (0, 0.25)
+    r = env.step(torch.zeros(2, 2))                                  # v = 0.09 -> p = (0, 0.19), within 0.1: eaten
+    np.testing.assert_allclose(r[0].item(), (0.15 - 0.06) / 0.9 + 1.0, atol=1e-5)
+    assert torch.equal(env.s[0], torch.zeros(4)) and env.eats[0] == 1    # restart at the origin, at rest
+    assert torch.equal(env.food, torch.tensor([[0.0, 0.25], [1.0, 0.0]]))   # the food stays
+    env.s[1] = torch.tensor([0.5, 0.5, 0.0, 0.0])
+    for _ in range(3):
+        env.step(torch.zeros(2, 2))
+    assert torch.equal(env.s[1], torch.zeros(4))                      # step 5: the episode ends, a restart
+    k = M.HiddenFood().initial_state(500, torch.Generator().manual_seed(0), CPU)
+    np.testing.assert_allclose(k.norm(dim=1).numpy(), 1.0, rtol=1e-6)   # on the unit circle, all around it
+    assert k[:, 0].min() < -0.99 and k[:, 0].max() > 0.99 and k[:, 1].min() < -0.99 and k[:, 1].max() > 0.99
 
 
 def test_food_layouts_fixed_is_the_seeds_and_random_varies():
@@ -170,8 +208,9 @@ def _cell(x, s, Ws, bs, Wo, bo):
     return np.tanh(np.concatenate([s2, x]) @ Wo + bo), s2
 
 
-def loop_mpnn_update(p, net, trace, r, S, lr, wl, sl, act_dim):
-    """The docstring's message passing, one neuron and one synapse at a time (float64, one individual)."""
+def loop_mpnn_update(p, net, trace, r, S, lr, wl, sl, act_dim, n_id=0):
+    """The docstring's message passing, one neuron and one synapse at a time (float64, one individual);
+    n_id > 0: the one-hot identity of each action neuron is appended to both cells' inputs."""
     W, b, sg, ns, cs = net["W"], net["b"], net["s"], net["ns"], net["cs"]
     L = len(W)
     signal = np.zeros((W[-1].shape[1], S))
@@ -179,8 +218,10 @@ def loop_mpnn_update(p, net, trace, r, S, lr, wl, sl, act_dim):
         x, z, zh, y = trace[l]
         n_in, n_out = W[l].shape
         new_sig = np.zeros((n_out, S))
+        ident = lambda j: [float(l == L - 1 and j == q) for q in range(n_id)]
         for j in range(n_out):
-            xn = np.array([z[j], zh[j], y[j], b[l][j], sg[l][j], *signal[j], r, float(l == L - 1 and j < act_dim)])
+            xn = np.array([z[j], zh[j], y[j], b[l][j], sg[l][j], *signal[j], r, float(l == L - 1 and j < act_dim),
+                           *ident(j)])
             out, ns[l][j] = _cell(xn, ns[l][j], p["node_Ws"], p["node_bs"], p["node_Wo"], p["node_bo"])
             new_sig[j] = out[:S]
             b[l][j] = np.clip(b[l][j] + lr * out[S], -wl, wl)
@@ -192,7 +233,8 @@ def loop_mpnn_update(p, net, trace, r, S, lr, wl, sl, act_dim):
             else:
                 pre = [trace[l - 1][1][i], trace[l - 1][2][i], trace[l - 1][3][i], b[l - 1][i], sg[l - 1][i]]
             for j in range(n_out):
-                xc = np.array([z[j], zh[j], y[j], b[l][j], sg[l][j], *pre, *new_sig[j], W[l][i, j], r, float(l == 0)])
+                xc = np.array([z[j], zh[j], y[j], b[l][j], sg[l][j], *pre, *new_sig[j], W[l][i, j], r, float(l == 0),
+                               *ident(j)])
                 out, cs[l][i, j] = _cell(xc, cs[l][i, j], p["conn_Ws"], p["conn_bs"], p["conn_Wo"], p["conn_bo"])
                 msg[i, j] = out[:S]
                 W[l][i, j] = np.clip(W[l][i, j] + lr * out[S], -wl, wl)
@@ -206,11 +248,14 @@ def random_actor(shape, B, gen):
                    [torch.rand(B, o, generator=gen) * 0.4 for o in shape[1:]], 1.0, 0.5)
 
 
-def test_mpnn_update_matches_a_loop_over_synapses():
+@pytest.mark.parametrize("neuron_id", [False, True])
+def test_mpnn_update_matches_a_loop_over_synapses(neuron_id):
     gen = torch.Generator().manual_seed(0)
     shape, S, sd, B, lr = [3, 4, 2], 2, 3, 3, 0.3                 # lr large enough that the clips act
-    args = make_args(env="foodworld", actor_shape=[7, 8, 8, 2], signal_dim=S, state_dim=sd, rule_lr=lr)
-    shapes = M.mpnn_param_shapes(S, sd)
+    args = make_args(env="foodworld", actor_shape=[7, 8, 8, 2], signal_dim=S, state_dim=sd, rule_lr=lr,
+                     neuron_id=neuron_id)
+    n_id = 2 if neuron_id else 0
+    shapes = M.mpnn_param_shapes(S, sd, n_id)
     genome = torch.randn(B, sum(math.prod(s) for _, s in shapes), generator=gen)
     rule = M.MessagePassingRule(genome, shape, args)
     actor = random_actor(shape, B, gen)
@@ -224,14 +269,15 @@ def test_mpnn_update_matches_a_loop_over_synapses():
         r = torch.randn(B, generator=gen)
         for k in range(B):
             loop_mpnn_update(params[k], nets[k], [tuple(t[k].double().numpy() for t in layer) for layer in trace],
-                             float(r[k]), S, lr, 1.0, 0.5, act_dim=2)
+                             float(r[k]), S, lr, 1.0, 0.5, act_dim=2, n_id=n_id)
         rule.update(actor, trace, r)
         for k in range(B):
             for l in range(2):
                 for mine, ref in ((actor.W, "W"), (actor.b, "b"), (actor.sigma, "s")):
                     np.testing.assert_allclose(mine[l][k].numpy(), nets[k][ref][l], atol=2e-5)
     assert all((w - w0).abs().max() > 0.1 for w, w0 in zip(actor.W, w_start))
-    assert M.genome_size(make_args()) == 123                         # the seed's parameter count
+    assert M.genome_size(make_args(neuron_id=False)) == 123          # the seed's parameter count
+    assert M.genome_size(make_args()) == 123 + 2 * (2 + 3 + 2 + 2)   # + 2 id rows in each of the four matrices
 
 
 def test_abcd_delta_by_hand():
@@ -275,15 +321,97 @@ def test_abcd_rule_updates_actor_in_place_with_lr_and_clip():
     np.testing.assert_allclose(actor.W[0].numpy(), 0.15)           # clipped at the weight limit
 
 
+def test_gru_actor_matches_torch_grucell_and_reads_reward_and_last_action():
+    shape, H, B = [4, 8, 2], 5, 3
+    args = make_args(env="hiddenfood", evolve="gru", actor_shape=shape, gru_hidden=H)
+    genome = torch.randn(B, args.genome_size, generator=torch.Generator().manual_seed(0)) * 0.7
+    assert args.genome_size == 7 * 3 * H + H * 3 * H + 3 * H + H * 2 + 2
+    actor = M.GRUActor(genome, shape, H, 1)
+    p = M.unpack(genome, M.gru_param_shapes(shape, H))
+    h, last_r, last_a = torch.zeros(B, H), torch.zeros(B, 1), torch.zeros(B, 2)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        obs, r = torch.randn(B, 4, generator=gen), torch.randn(B, generator=gen)
+        a, _ = actor.forward(obs)
+        x = torch.cat([obs, last_r, last_a], 1)
+        for i in range(B):
+            cell = torch.nn.GRUCell(7, H)
+            with torch.no_grad():                # torch's gates are [r, z, n]; ours [u (= z), c (= r), n]
+                Wx, Wh, b = p["Wx"][i], p["Wh"][i], p["b"][i]
+                cell.weight_ih.copy_(torch.cat([Wx[:, H:2 * H], Wx[:, :H], Wx[:, 2 * H:]], 1).T)
+                cell.weight_hh.copy_(torch.cat([Wh[:, H:2 * H], Wh[:, :H], Wh[:, 2 * H:]], 1).T)
+                cell.bias_ih.copy_(torch.cat([b[H:2 * H], b[:H], b[2 * H:]]))
+                cell.bias_hh.zero_()
+                h_i = cell(x[i:i + 1], h[i:i + 1])
+            h[i] = h_i[0]
+        ref = torch.tanh(torch.einsum("bh,bha->ba", h, p["Wa"]) + p["ba"])
+        np.testing.assert_allclose(a.numpy(), ref.numpy(), atol=1e-5)
+        actor.observe(r)
+        last_r, last_a = r[:, None], a
+
+
+def test_node_perturbation_rule_by_hand():
+    args = make_args(env="hiddenfood", actor_shape=[4, 2], hand_lr=0.5, hand_sigma=0.5, hand_trace=0.5)
+    rule = M.NodePerturbationRule(torch.zeros(1, 0), [2, 1], args)
+    actor = M.Actor([torch.zeros(1, 2, 1)], [torch.zeros(1, 1)], [torch.full((1, 1), 0.5)], 10.0, 0.5)
+    x = torch.tensor([[1.0, -2.0]])
+    _, trace = actor.forward(x, [torch.tensor([[1.0]])])                # xi = 0.5 * 1 = 0.5
+    rule.update(actor, trace, torch.tensor([2.0]))                     # rbar 0: adv = 0.5 * 2 = 1
+    e_b = 0.5 / 0.25                                                    # xi / sigma^2
+    np.testing.assert_allclose(actor.b[0].numpy(), [[e_b]])
+    np.testing.assert_allclose(actor.W[0][0, :, 0].numpy(), [e_b * 1.0, e_b * -2.0])
+    assert rule.rbar.item() == pytest.approx(0.1)
+    _, trace = actor.forward(x, [torch.tensor([[-1.0]])])               # xi = -0.5; trace: 0.5 * 2 - 2 = -1
+    rule.update(actor, trace, torch.tensor([0.1]))                     # adv = 0.5 * (0.1 - 0.1) = 0
+    np.testing.assert_allclose(actor.b[0].numpy(), [[e_b]])
+    np.testing.assert_allclose(rule.eb[0].numpy(), [[0.5 * e_b - 2.0]])
+
+
+def test_hand_set_rule_learns_where_the_hidden_food_is():
+    """The positive control: under the hand-set rule the last episode beats the first, the learned weights
+    are good on the same layouts and not on fresh ones, and the learning needs the reward's contingency."""
+    args = make_args(env="hiddenfood", actor_shape=[4, 8, 2], steps=240, episodes=6, weight_init=0.1,
+                     eval_lifetimes=32)
+    out = M.rule_controls(M.hand_rule_args(args), torch.zeros(1, 0), CPU, rule_name="nodepert")
+    ep = out["best"]["episodes"]
+    assert ep[-1] > ep[0] + 0.3
+    assert out["frozen_same"]["return"] > out["best"]["return"] > out["plasticity_off"]["return"] + 1.0
+    assert out["frozen_same"]["return"] > out["frozen_fresh"]["return"] + 2.0
+    assert out["best"]["return"] > out["reward_shuffled"]["return"] + 1.0
+
+
+def test_es_step_by_hand_and_it_climbs():
+    mean, eps = torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pop, e = M.es_population(mean, 0.5, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(pop[:2], -pop[2:]) and torch.allclose(pop[:2], 0.5 * e)   # antithetic pairs
+    fitness = torch.tensor([3.0, 0.0, 1.0, 2.0])                       # ranks 3, 0, 1, 2 -> u 0.5, -0.5, -1/6, 1/6
+    new = M.es_step(mean, eps, fitness, 0.5, 1.0)
+    np.testing.assert_allclose(new.numpy(), [(0.5 + 1 / 6) / 2, (-0.5 - 1 / 6) / 2], rtol=1e-5)
+    target, gen, m = torch.tensor([1.0, -2.0, 0.5]), torch.Generator().manual_seed(1), torch.zeros(3)
+    for _ in range(60):
+        pop, e = M.es_population(m, 0.1, 20, gen)
+        m = M.es_step(m, e, -((pop - target) ** 2).sum(1), 0.1, 0.05)
+    assert (m - target).norm() < 0.3
+
+
+def test_shuffled_reward_is_a_permutation_within_each_lifetime_not_the_reward():
+    rewards = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    shuffled = M.shuffle_within_lifetime(rewards, torch.Generator().manual_seed(1))
+    assert torch.equal(shuffled.sort(0).values, rewards.sort(0).values)     # same values, column by column
+    assert (shuffled != rewards).float().mean() > 0.9
+
+
 # ------------------------------------------------------------------------------------------------
 # Lifetimes and the GA
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("env, evolve, rule", [("foodworld", "rule", "mpnn"), ("foodworld", "rule", "abcd"),
-                                               ("cartpole", "actor", "mpnn"), ("double_pendulum", "rule", "mpnn")])
+                                               ("cartpole", "actor", "mpnn"), ("double_pendulum", "rule", "mpnn"),
+                                               ("foodworld", "actor", "mpnn"), ("hiddenfood", "actor", "mpnn"),
+                                               ("hiddenfood", "gru", "mpnn"), ("hiddenfood", "rule", "abcd")])
 def test_batched_population_equals_one_individual_at_a_time(env, evolve, rule):
-    shape = {"foodworld": [7, 4, 2], "cartpole": [4, 3, 1], "double_pendulum": [6, 3, 1]}[env]
+    shape = {"foodworld": [7, 4, 2], "cartpole": [4, 3, 1], "double_pendulum": [6, 3, 1], "hiddenfood": [4, 3, 2]}[env]
     args = make_args(env=env, evolve=evolve, rule=rule, actor_shape=shape, steps=30, sigma_limit=0.3, sigma_init=0.2,
-                     weight_init=0.1)
+                     weight_init=0.1, episodes=3)
     pop = torch.randn(3, args.genome_size, generator=torch.Generator().manual_seed(1))
     gen = lambda: M.lifetime_generator(5, 0, CPU)
     batched = M.run_lifetimes(args, pop, 2, gen(), CPU)["returns"]
@@ -292,6 +420,7 @@ def test_batched_population_equals_one_individual_at_a_time(env, evolve, rule):
         if env == "cartpole":   # resets draw per-row random numbers, so only the first lifetime segment is shared
             continue
         np.testing.assert_allclose(batched[i].numpy(), single[0].numpy(), rtol=1e-5, atol=1e-5)
+    assert batched.std(dim=0).max() > 1e-3                              # the individuals do differ
     same = M.run_lifetimes(args, pop[:1].repeat(4, 1), 2, gen(), CPU)["returns"]
     assert torch.equal(same, same[:1].expand(4, -1))                 # common random numbers across individuals
     other_gen = M.run_lifetimes(args, pop, 2, M.lifetime_generator(5, 1, CPU), CPU)["returns"]
@@ -355,9 +484,63 @@ def test_nan_fitness_is_the_worst_and_counted():
 
 def test_hand_controller_eats_and_quarters_add_up():
     args = make_args(steps=200)
-    res = M.run_lifetimes(args, None, 4, M.lifetime_generator(1, -1, CPU), CPU, controller=M.push_toward_food)
+    res = M.run_lifetimes(args, None, 4, M.lifetime_generator(1, -1, CPU), CPU,
+                          controller=lambda env: M.push_toward_food(env.obs))
     assert res["returns"].min() > 4.0                                  # several foods per lifetime
     np.testing.assert_allclose(res["quarters"].sum(-1), res["returns"], rtol=1e-5)
+
+
+def test_every_heldout_control_is_what_it_says_and_not_the_evolved_individual():
+    """Each control against an independent run of what it claims to be (a control replaced by the evolved
+    individual fails here), and the controls differ from the evolved individual."""
+    args = make_args(env="hiddenfood", actor_shape=[4, 3, 2], steps=40, episodes=4, weight_init=0.2, rule="abcd",
+                     rule_lr=0.2, eval_lifetimes=6)
+    genome = torch.randn(1, args.genome_size, generator=torch.Generator().manual_seed(3))
+    out = M.heldout_controls(args, genome[0], CPU)
+    k, fresh = 6, lambda: M.lifetime_generator(args.seed, -1, CPU)
+    run = lambda a=args, g=genome, gen=None, **kw: M.run_lifetimes(a, g, k, gen or fresh(), CPU, **kw)
+    first = run(keep_rewards=True)
+    shuffled = M.shuffle_within_lifetime(first["rewards"], torch.Generator().manual_seed(args.seed + 777))
+    expect = {"best": first, "reward_zeroed": run(zero_reward=True), "reward_shuffled": run(rule_rewards=shuffled),
+              "plasticity_off": run(plastic=False),
+              "frozen_fresh": run(gen=M.lifetime_generator(args.seed, -3, CPU), plastic=False, actor=first["actor"]),
+              "frozen_same": run(plastic=False, actor=first["actor"])}
+    hand = M.hand_rule_args(args)
+    hand_first = run(hand, torch.zeros(1, 0), rule_name="nodepert", keep_rewards=True)
+    expect["hand_rule/best"] = hand_first
+    expect["hand_rule/plasticity_off"] = run(hand, torch.zeros(1, 0), plastic=False)
+    expect["oracle"] = run(g=None, controller=M.hidden_food_oracle)
+    for key, res in expect.items():
+        assert out[key]["return"] == pytest.approx(float(res["returns"].mean()), abs=1e-5), key
+        assert out[key]["episodes"] == pytest.approx(res["episodes"][0].mean(0).tolist(), abs=1e-5), key
+    for key in ("reward_zeroed", "reward_shuffled", "plasticity_off", "frozen_fresh", "random_rule",
+                "hand_rule/best", "hand_rule/reward_shuffled", "hand_rule/frozen_fresh", "oracle", "zero_action"):
+        assert abs(out[key]["return"] - out["best"]["return"]) > 1e-3, key
+    assert abs(out["plasticity_off"]["return"] - out["zero_action"]["return"]) > 0.1   # a fresh actor does act
+    assert out["zero_action"]["return"] == 0.0 and out["oracle"]["return"] > 2.0           # 40 steps: one trip
+
+
+def test_gru_controls_feed_it_zero_and_shuffled_rewards():
+    args = make_args(env="hiddenfood", evolve="gru", actor_shape=[4, 3, 2], steps=40, episodes=4, eval_lifetimes=4)
+    genome = torch.randn(1, args.genome_size, generator=torch.Generator().manual_seed(0)) * 2
+    out = M.rule_controls(args, genome, CPU)
+    assert set(out) == {"best", "reward_zeroed", "reward_shuffled"}
+    fresh = M.lifetime_generator(args.seed, -1, CPU)
+    zero = M.run_lifetimes(args, genome, 4, fresh, CPU, zero_reward=True)
+    assert out["reward_zeroed"]["return"] == pytest.approx(float(zero["returns"].mean()), abs=1e-6)
+    assert len({round(out[k]["return"], 6) for k in out}) == 3
+
+
+def test_champion_is_the_best_of_the_top_k_on_fresh_validation_lifetimes():
+    args = make_args(env="hiddenfood", evolve="actor", actor_shape=[4, 2], steps=40, episodes=2, eval_lifetimes=8)
+    cands = torch.randn(6, args.genome_size, generator=torch.Generator().manual_seed(0)) * 2
+    champion, scores = M.pick_champion(args, cands, CPU)
+    val = M.run_lifetimes(args, cands, 8, M.lifetime_generator(args.seed, -2, CPU), CPU)["returns"].mean(1)
+    np.testing.assert_allclose(scores, val.numpy(), rtol=1e-6)
+    assert torch.equal(champion, cands[int(val.argmax())]) and int(val.argmax()) != 0
+    train = M.run_lifetimes(args, cands, 8, M.lifetime_generator(args.seed, 0, CPU), CPU)["returns"].mean(1)
+    held = M.run_lifetimes(args, cands, 8, M.lifetime_generator(args.seed, -1, CPU), CPU)["returns"].mean(1)
+    assert not torch.equal(val, train) and not torch.equal(val, held)     # neither training nor test lifetimes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -397,8 +580,12 @@ def check_outputs(run_dir, extra):
     assert summary["last_generation"] == 1 and summary["rows_logged"] == 2
     controls = summary["heldout"]
     assert "best" in controls and "zero_action" in controls
-    assert ("random_rule" in controls) == ("actor" not in extra)
+    assert ("random_rule" in controls) == ("actor" not in extra and "gru" not in extra)
     assert ("push_toward_food" in controls) == ("--env" not in extra)
+    assert ("hand_rule/best" in controls) == ("oracle" in controls) == ("hiddenfood" in extra)
+    assert len(summary["champion_validation_returns"]) == 1 + ("es" in extra)     # --reeval-top 1 of TINY (+ ES mean)
+    if "hiddenfood" in extra:
+        assert len(controls["best"]["episodes"]) == int(extra[extra.index("--episodes") + 1])
     saved = json.loads((run_dir / "best" / "gen0001.json").read_text())
     assert saved["fitness"] == pytest.approx(rows[-1]["fitness/best"])
     assert len(saved["genome"]) == summary["genome_size"] == saved["args"]["genome_size"]
@@ -408,6 +595,8 @@ def check_outputs(run_dir, extra):
 
 
 @pytest.mark.parametrize("extra", [
+    ("--env", "hiddenfood", "--actor-shape", "4", "3", "2", "--rule", "abcd", "--optimizer", "es", "--episodes", "3"),
+    ("--env", "hiddenfood", "--actor-shape", "4", "3", "2", "--evolve", "gru", "--gru-hidden", "3", "--episodes", "2"),
     ("--rule", "mpnn", "--food-layout", "fixed", "--crossover-rate", "0.5", "--fitness-agg", "min",
      "--observe-count", "False"),
     ("--env", "double_pendulum", "--actor-shape", "6", "4", "1", "--rule", "abcd"),
@@ -600,7 +789,15 @@ def test_non_finite_heldout_return_is_a_non_ok_status(tmp_path, monkeypatch):
     (("--weight-init", "-1"), "--weight-init must be a finite number >= 0"),
     (("--sigma-limit", "inf"), "--sigma-limit must be a finite number >= 0"),
     (("--sigma-init", "0.5"), "--sigma-init 0.5 exceeds --sigma-limit 0.0"),
-    (("--population-size", "100000000"), "a population of 100000000 x 2 lifetimes (genome 123) needs about"),
+    (("--population-size", "100000000"), "a population of 100000000 x 2 lifetimes (genome 141) needs about"),
+    (("--evolve", "gru", "--gru-hidden", "0"), "--gru-hidden must be positive"),
+    (("--optimizer", "cma"), "unknown --optimizer 'cma'"),
+    (("--optimizer", "es", "--population-size", "101", "--num-survivors", "10"), "--population-size must be even"),
+    (("--es-sigma", "0"), "--es-sigma must be a finite number > 0"),
+    (("--hand-trace", "1.0"), "--hand-trace must lie in [0, 1)"),
+    (("--env", "hiddenfood", "--actor-shape", "4", "2", "--steps", "100", "--episodes", "3"),
+     "--steps 100 must be a multiple of --episodes 3"),
+    (("--reeval-top", "0"), "--reeval-top must be positive"),
     (("--actor-shape", "7", "200000", "2", "--population-size", "100000", "--num-survivors", "10"), "GiB"),
     (("--eval-lifetimes", "100000"), "the held-out random-rule control"),
     (("--show", "missing.json"), "is not a file"),
@@ -625,7 +822,7 @@ def _edit(saved, **changes):
 
 
 _DELETE = object()
-_GOOD = {"generation": 3, "fitness": 0.5, "genome": [0.1] * 123, "args": vars(make_args())}
+_GOOD = {"generation": 3, "fitness": 0.5, "genome": [0.1] * 123, "args": vars(make_args(neuron_id=False))}
 _NO_RULE = json.loads(json.dumps(_GOOD))
 del _NO_RULE["args"]["rule"]
 
