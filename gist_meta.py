@@ -122,6 +122,20 @@ class Args:
     """Hugging Face dataset NAME or NAME:CONFIG (split 'train', column 'text'); needs `datasets` and a local cache"""
     val_fraction: float = 0.1
     """last fraction of the text (in characters) held out for validation (every reported CE is on it)"""
+    corpus: str = "text"
+    """text (pydoc_data.topics, --text-path or --hf-dataset), or a synthetic corpus in which the context decides the continuation: repeat, letters, kv"""
+    repeat_period: int = 8
+    """P of --corpus repeat: each line is one random P-letter string (a-z) repeated"""
+    letters_support: int = 12
+    """S of --corpus letters: each line draws every character uniformly from its own random S of 62 symbols (a-z, A-Z, 0-9)"""
+    kv_keys: int = 8
+    """m of --corpus kv: each line is a random map of m lowercase keys to uppercase values, written as key-value pairs of keys drawn at random"""
+    synth_line_len: int = 512
+    """characters per line of a synthetic corpus (a newline ends each line)"""
+    synth_chars: int = 300_000
+    """characters of a synthetic corpus (train + validation)"""
+    corpus_seed: int = 0
+    """seed of the synthetic corpus (fixed across --seed, so every seed sees the same text)"""
     tokenizer: str = "byte"
     """byte (256 byte ids + <gist>), bpe (byte-level BPE trained on the train split), or a tokenizer.json / pretrained tokenizer folder"""
     vocab_size: int = 512
@@ -146,16 +160,16 @@ class Args:
     """k: gist tokens between context and continuation"""
     context_len: int = 64
     """Lc: context tokens before the gists (also the chunk length of stage B)"""
-    cont_len: int = 16
-    """Lx: continuation tokens after the gists (the scored tokens)"""
-    a_modes: tuple[str, ...] = ("gist", "full", "none")
-    """attention masks to train in stage A, one model each from the same init (gist is always trained when b or c runs)"""
+    cont_len: int = 8
+    """Lx: continuation tokens after the gists (x_2..x_Lx are scored; x_1 is input only)"""
+    a_modes: tuple[str, ...] = ("gist", "full", "none", "neg")
+    """attention masks to train in stage A, one model each from the same init (gist is always trained when b or c runs): gist, full (positive control), none (our negative control: nothing from the gists on sees the context), neg (Mu et al.'s negative control: the gists see the context, nothing after them sees the gists or the context)"""
     a_steps: int = 300
     """AdamW steps per stage-A model"""
     a_lr: float = 3e-3
     """AdamW learning rate of stage A (cosine decay to 10%)"""
     a_head_tokens: int = 4
-    """also report the CE of the first this many continuation tokens (where the context matters most)"""
+    """also report the CE of the first this many scored continuation tokens (x_2.., where the context matters most)"""
     a_context_loss: bool = True
     """also train plain LM CE on the context tokens (keeps the gist model a causal LM for B and C)"""
     batch_size: int = 16
@@ -182,6 +196,8 @@ class Args:
     """d in theta_tgt <- d theta_tgt + (1-d) theta (--b-target ema)"""
     b_pred_encoder: str = "online"
     """encoder of the predicted continuation: online (live model, JEPA-like) or target (the target copy)"""
+    b_center: bool = True
+    """subtract each code's batch mean (per gist slot) before the cosine distance of L_B (against collapse to a common code)"""
     soft_temperature: float = 1.0
     """tau in softmax(logits / tau) @ E for the soft predicted embeddings"""
 
@@ -208,6 +224,8 @@ class Args:
     """first-order approximation: forward-difference Hessian-vector product, no double backward"""
     fd_eps: float = 0.01
     """eps * |v| of the forward difference (--first-order True)"""
+    c_stopgrad_target: bool = True
+    """stop-gradient on theta in the truth side z_both of L_gist (it still depends on phi); False: the model may lower L_gist by moving z_both"""
     meta_theta: bool = False
     """also meta-update the model weights theta with the outer gradient (MAML-style)"""
     gist_proj: bool = True
@@ -218,6 +236,10 @@ class Args:
     """K: inner SGD steps per evaluation episode"""
     c_eval_episodes: int = 8
     """evaluation episodes (validation text), identical for every update rule"""
+    c_online_steps: int = 100
+    """N of the online phase (plan 3): theta keeps every one of N SGD steps on a stream of consecutive validation chunks"""
+    c_online_rules: tuple[str, ...] = ("gist_meta", "gist_fixed", "stage_b", "ce", "none")
+    """update rules of the online phase on the same stream: gist_meta (L_gist, phi takes an outer step after every inner step), gist_fixed (L_gist, phi frozen at stage C's result), stage_b, ce, none"""
 
     # ---- derived at runtime ----
     gist_id: tyro.conf.Suppress[int] = -1
@@ -233,7 +255,9 @@ class Args:
 
 
 STAGES = ("a", "b", "c", "all")
-MASK_MODES = ("gist", "full", "none")
+MASK_MODES = ("gist", "full", "none", "neg")
+CORPORA = ("text", "repeat", "letters", "kv")
+ONLINE_RULES = ("gist_meta", "gist_fixed", "stage_b", "ce", "none")
 B_LOSSES = ("gist", "ce", "none")
 VAL_SELECT = ("next", "similar")
 SIM_REPR = ("gist", "mean")
@@ -244,12 +268,12 @@ GIST = "<gist>"
 def check_args(args: Args) -> Args:
     """Check every argument on its own (no file is read) and fill the derived fields; a ValueError
     carries a one-line reason."""
-    choices = {"stage": STAGES, "val_select": VAL_SELECT, "sim_repr": SIM_REPR,
+    choices = {"stage": STAGES, "corpus": CORPORA, "val_select": VAL_SELECT, "sim_repr": SIM_REPR,
                "b_target": ("frozen", "ema"), "b_pred_encoder": ("online", "target")}
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
             raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(args, name)!r}; choose one of {', '.join(allowed)}")
-    for name, allowed in (("a_modes", MASK_MODES), ("b_losses", B_LOSSES)):
+    for name, allowed in (("a_modes", MASK_MODES), ("b_losses", B_LOSSES), ("c_online_rules", ONLINE_RULES)):
         bad = [m for m in getattr(args, name) if m not in allowed]
         if bad or not getattr(args, name):
             raise ValueError(f"unknown --{name.replace('_', '-')} {bad or '(empty)'}; choose from {', '.join(allowed)}")
@@ -260,10 +284,23 @@ def check_args(args: Args) -> Args:
     for name in ("context_len", "cont_len", "c_chunk_len"):
         if getattr(args, name) < 2:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 2, got {getattr(args, name)}")
-    if not 1 <= args.a_head_tokens <= args.cont_len:
-        raise ValueError(f"--a-head-tokens must lie in [1, --cont-len], got {args.a_head_tokens}")
+    if not 1 <= args.a_head_tokens <= args.cont_len - 1:
+        raise ValueError(f"--a-head-tokens must lie in [1, --cont-len - 1] (x_1 is not scored), got {args.a_head_tokens}")
+    if args.corpus != "text" and (args.text_path is not None or args.hf_dataset is not None):
+        raise ValueError(f"--corpus {args.corpus} is synthetic; --text-path and --hf-dataset need --corpus text")
+    if not 1 <= args.repeat_period <= 1000:
+        raise ValueError(f"--repeat-period must lie in [1, 1000], got {args.repeat_period}")
+    if not 1 <= args.letters_support <= 62:
+        raise ValueError(f"--letters-support must lie in [1, 62], got {args.letters_support}")
+    if not 1 <= args.kv_keys <= 26:
+        raise ValueError(f"--kv-keys must lie in [1, 26], got {args.kv_keys}")
+    if args.synth_line_len < 2 or args.synth_chars < 2 * args.synth_line_len:
+        raise ValueError(f"--synth-line-len must be at least 2 and --synth-chars at least two lines, got "
+                         f"{args.synth_line_len} and {args.synth_chars}")
+    if not 0 <= args.corpus_seed < 2**32:
+        raise ValueError(f"--corpus-seed must lie in [0, 2**32), got {args.corpus_seed}")
     for name in ("a_steps", "b_steps", "c_steps", "batch_size", "meta_batch_size", "eval_every", "eval_batches",
-                 "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "torch_threads",
+                 "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "c_online_steps", "torch_threads",
                  "n_embd", "n_layer", "n_head", "n_kv_head"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -374,9 +411,11 @@ def finalize_args(args: Args) -> Args:
 
 
 def required_tokens(args: Args) -> int:
-    """Tokens each split must hold: a stage-A window (Lc + Lx), K + 1 consecutive stage-C chunks."""
+    """Tokens each split must hold: a stage-A window (Lc + Lx), K + 1 consecutive stage-C chunks, and
+    the N + 1 consecutive chunks of the online stream when stage C runs."""
     L = args.c_chunk_len
-    return max(args.context_len + args.cont_len, (args.eval_inner_steps + 1) * L + 1, 2 * L + 1) + 1
+    online = (args.c_online_steps + 1) * L + 1 if "c" in args.run_stages else 0
+    return max(args.context_len + args.cont_len, (args.eval_inner_steps + 1) * L + 1, 2 * L + 1, online) + 1
 
 
 def check_positions(n_positions: int, model_positions: Optional[int]) -> None:
@@ -539,6 +578,44 @@ def build_tokenizer(args, train_text: str, specials) -> LMTokenizer:
 # <<< copied: lm-tokenizer
 
 
+LOWER, UPPER, DIGITS = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
+
+
+def synthetic_line(kind: str, rng: np.random.Generator, n: int, period: int, support: int, keys: int) -> str:
+    """One line of n characters of a synthetic corpus in which the context decides the continuation:
+    repeat: a random `period`-letter string (a-z), repeated; letters: each character uniform over a
+    random `support` of the 62 symbols a-z A-Z 0-9; kv: pairs key value (a lowercase key drawn
+    uniformly from the line's `keys` keys, then its uppercase value, fixed for the line)."""
+    if kind == "repeat":
+        unit = "".join(rng.choice(list(LOWER), period))
+        return (unit * (n // period + 1))[:n]
+    if kind == "letters":
+        symbols = rng.choice(list(LOWER + UPPER + DIGITS), support, replace=False)
+        return "".join(rng.choice(symbols, n))
+    if kind == "kv":
+        ks = rng.choice(list(LOWER), keys, replace=False)
+        vs = rng.choice(list(UPPER), keys)
+        picks = rng.integers(0, keys, n // 2 + 1)
+        return "".join(ks[i] + vs[i] for i in picks)[:n]
+    raise ValueError(f"unknown synthetic corpus {kind!r}")
+
+
+def synthetic_corpus(args) -> tuple[str, str, str]:
+    """(train_text, val_text, source) of --corpus repeat | letters | kv: lines of --synth-line-len
+    characters (+ newline) up to --synth-chars, drawn with --corpus-seed; the last --val-fraction of
+    the characters is the validation text, as for the text corpora."""
+    rng = np.random.default_rng(args.corpus_seed)
+    n_lines = max(2, args.synth_chars // (args.synth_line_len + 1))
+    text = "\n".join(synthetic_line(args.corpus, rng, args.synth_line_len, args.repeat_period, args.letters_support,
+                                    args.kv_keys) for _ in range(n_lines)) + "\n"
+    cut = len(text) - int(len(text) * args.val_fraction)
+    detail = {"repeat": f"P={args.repeat_period}", "letters": f"S={args.letters_support}",
+              "kv": f"m={args.kv_keys}"}[args.corpus]
+    source = (f"synthetic {args.corpus} ({detail}, {n_lines} lines of {args.synth_line_len}, corpus seed "
+              f"{args.corpus_seed}), {len(text)} chars, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}")
+    return text[:cut], text[cut:], source
+
+
 # ==================================================================================================
 # Model (shared with self_critic_lm.py)
 # ==================================================================================================
@@ -606,16 +683,19 @@ def gist_attention_mask(ctx_len: int, num_gist: int, cont_len: int, mode: str,
                         dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """(1, 1, T, T) additive float mask, T = ctx_len + num_gist + cont_len: 0 where query q may
     attend to key j, finfo(dtype).min where not. Causal always; mode gist: no query after the last
-    gist sees a key before the first gist; none: no query from the first gist on sees the context;
-    full: causal only. Float, not bool: eager attention adds the mask to the scores."""
+    gist sees a key before the first gist (Mu et al.'s make_gist_mask AND causal); none (ours): no
+    query from the first gist on sees the context; neg (Mu et al.'s make_neg_control_mask AND causal):
+    no query after the last gist sees the context or the gists; full: causal only (their
+    make_pos_control_mask AND causal). Float, not bool: eager attention adds the mask to the scores."""
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mode!r}")
     T = ctx_len + num_gist + cont_len
     q = torch.arange(T, device=device)[:, None]
     j = torch.arange(T, device=device)[None, :]
     allowed = j <= q
-    first_blind = {"gist": ctx_len + num_gist, "none": ctx_len, "full": T}[mode]
-    allowed &= ~((q >= first_blind) & (j < ctx_len))
+    first_blind = {"gist": ctx_len + num_gist, "none": ctx_len, "neg": ctx_len + num_gist, "full": T}[mode]
+    hidden_keys = ctx_len + num_gist if mode == "neg" else ctx_len
+    allowed &= ~((q >= first_blind) & (j < hidden_keys))
     zeros = torch.zeros(T, T, dtype=dtype, device=device)
     return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
@@ -627,17 +707,19 @@ def gist_sequences(windows: torch.Tensor, ctx_len: int, num_gist: int, gist_id: 
 
 
 def continuation_token_ce(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gist: int) -> torch.Tensor:
-    """(B, Lx) CE of each continuation token: token i sits at position Lc + k + i and is predicted
-    by position Lc + k + i - 1 (the last gist for i = 0)."""
-    first = ctx_len + num_gist
+    """(B, Lx - 1) CE of the scored continuation tokens x_2..x_Lx: x_i sits at position Lc + k + i - 1
+    and is predicted by position Lc + k + i - 2, which sees the context only through the gists.
+    x_1 is never scored: the position that predicts it is the last gist, which attends to the
+    context directly (Mu et al. never score it either)."""
+    first = ctx_len + num_gist + 1
     tok = F.cross_entropy(logits[:, first - 1:-1].flatten(0, 1).float(), ids[:, first:].flatten(), reduction="none")
     return tok.view(ids.shape[0], -1)
 
 
 def stage_a_losses(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gist: int,
                    context_loss: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(training loss, continuation CE). Continuation token i sits at position Lc + k + i and is
-    predicted by position Lc + k + i - 1 (the last gist for i = 0). With context_loss, the loss is
+    """(training loss, continuation CE). The scored continuation tokens are x_2..x_Lx (see
+    continuation_token_ce; x_1 is input only). With context_loss, the loss is
     the token-weighted mean over continuation and context targets (context tokens 1..Lc-1)."""
     cont_tok = continuation_token_ce(logits, ids, ctx_len, num_gist).flatten()
     cont_ce = cont_tok.mean()
@@ -687,27 +769,65 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
 
 
-def code_spread(z: torch.Tensor) -> torch.Tensor:
-    """Collapse diagnostic: sqrt(sum over dims of the batch variance of unit-normalised codes),
-    codes z (B, k, d) flattened to (B, k*d). 0 = every sample has the same code; ~1 = spread out."""
-    u = F.normalize(z.flatten(1).float(), dim=-1)
-    return u.var(dim=0, unbiased=False).sum().sqrt()
+def center_codes(z: torch.Tensor) -> torch.Tensor:
+    """Codes (B, k, d) minus their batch mean (per gist slot): the common component every chunk
+    shares is removed before the cosine distance."""
+    return z - z.mean(dim=0, keepdim=True)
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> float:
+    """Collapse diagnostic: mean cosine over the B(B-1) ordered pairs of distinct codes (B, k, d)
+    flattened to (B, k*d), raw (not centred). 1 = every chunk has the same code direction."""
+    u = F.normalize(z.flatten(1).double(), dim=-1)
+    B = u.shape[0]
+    sims = u @ u.T
+    return float((sims.sum() - sims.diagonal().sum()) / (B * (B - 1)))
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    """Collapse diagnostic: exp(entropy of the normalised singular values) of the centred code
+    matrix (B, k*d) (Roy & Vetterli 2007); 1 = the codes vary along one direction only, at most
+    min(B - 1, k d)."""
+    x = z.flatten(1).double()
+    sv = torch.linalg.svdvals(x - x.mean(0, keepdim=True))
+    if float(sv.sum()) == 0.0:
+        return 0.0
+    p = sv / sv.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def grad_cosine(loss_a: torch.Tensor, loss_b: torch.Tensor, params: list) -> float:
+    """Cosine between the gradients of two losses over the same parameters (all flattened)."""
+    ga = torch.autograd.grad(loss_a, params, retain_graph=True, allow_unused=True)
+    gb = torch.autograd.grad(loss_b, params, retain_graph=True, allow_unused=True)
+    dot = na = nb = 0.0
+    for a, b in zip(ga, gb):
+        if a is None or b is None:
+            continue
+        dot, na, nb = dot + float((a * b).sum()), na + float((a * a).sum()), nb + float((b * b).sum())
+    return dot / math.sqrt(na * nb) if na > 0 and nb > 0 else 0.0
 
 
 # ==================================================================================================
 # Stage B: self-produced semantic loss
 # ==================================================================================================
 def semantic_loss(model, target, ids: torch.Tensor, gist_id: int, num_gist: int, temperature: float,
-                  pred_encoder: str = "online"):
-    """L_B on a chunk batch ids (B, L+1): (loss, z_pred, z_true). model and target are modules (the
-    target is never differentiated). The prediction is encoded by `model` (online) or `target`."""
-    logits = forward(model, None, input_ids=ids[:, :-1]).logits
-    enc = model if pred_encoder == "online" else target
-    emb = enc.get_input_embeddings().weight
-    z_pred = gist_codes(enc, None, soft_embeddings(logits, emb, gist_id, temperature), emb[gist_id].expand(num_gist, -1))
+                  pred_encoder: str = "online", center: bool = True, params: Optional[dict] = None):
+    """L_B on a chunk batch ids (B, L+1): (loss, z_pred, z_true), the codes raw. model and target are
+    modules; the target side is computed under no_grad (stop-gradient). The prediction is encoded
+    by `model` (online) or `target`; center: both codes lose their batch mean before the distance.
+    params: model's weights as a dict (functional), None for its own."""
+    logits = forward(model, params, input_ids=ids[:, :-1]).logits
+    enc, enc_params = (model, params) if pred_encoder == "online" else (target, None)
+    emb = input_embeddings(enc, enc_params)
+    z_pred = gist_codes(enc, enc_params, soft_embeddings(logits, emb, gist_id, temperature),
+                        emb[gist_id].expand(num_gist, -1))
     with torch.no_grad():
         t_emb = target.get_input_embeddings().weight
         z_true = gist_codes(target, None, t_emb[ids[:, 1:]], t_emb[gist_id].expand(num_gist, -1))
+    if center:
+        return cosine_distance(center_codes(z_pred), center_codes(z_true)), z_pred, z_true
     return cosine_distance(z_pred, z_true), z_pred, z_true
 
 
@@ -732,14 +852,32 @@ def init_phi(gist_row: torch.Tensor, num_gist: int, proj: bool, scale: bool) -> 
 
 
 def gist_loss(model, params: Optional[dict], phi: dict, ids: torch.Tensor, gist_id: int,
-              temperature: float = 1.0) -> torch.Tensor:
+              temperature: float = 1.0, stopgrad_target: bool = True,
+              target_params: Optional[dict] = None) -> torch.Tensor:
     """L_gist(theta, phi) on a chunk batch ids (B, L+1): e^s * mean(1 - cos(P z(s^), P z([s^ ; s]))),
-    s^ the soft predicted embeddings of s_1..s_L, s their true embeddings, z through gist phi."""
+    s^ the soft predicted embeddings of s_1..s_L, s their true embeddings, z through gist phi.
+    stopgrad_target: z_both (the truth side) is computed from theta detached (weights, s^ and E),
+    so no gradient reaches theta through it, while it still depends on phi (for the meta-gradient);
+    target_params: the weights of that truth side if not params (the first-order meta-gradient shifts
+    only the prediction side's weights)."""
     emb = input_embeddings(model, params)
     logits = forward(model, params, input_ids=ids[:, :-1]).logits
     pred = soft_embeddings(logits, emb, gist_id, temperature)
     z_own = gist_codes(model, params, pred, phi["gist"])
-    z_both = gist_codes(model, params, torch.cat([pred, emb[ids[:, 1:]]], dim=1), phi["gist"])
+    if stopgrad_target:
+        src = target_params if target_params is not None else (dict(model.named_parameters()) if params is None
+                                                                else params)
+        frozen = {n: p.detach() for n, p in src.items()}
+        emb_sg = input_embeddings(model, frozen)
+        if target_params is None:
+            pred_sg = pred.detach()
+        else:                                    # the truth side's own prediction, from its weights
+            with torch.no_grad():
+                pred_sg = soft_embeddings(forward(model, frozen, input_ids=ids[:, :-1]).logits, emb_sg, gist_id,
+                                          temperature)
+        z_both = gist_codes(model, frozen, torch.cat([pred_sg, emb_sg[ids[:, 1:]]], dim=1), phi["gist"])
+    else:
+        z_both = gist_codes(model, params, torch.cat([pred, emb[ids[:, 1:]]], dim=1), phi["gist"])
     if "proj" in phi:
         z_own, z_both = z_own @ phi["proj"].T, z_both @ phi["proj"].T
     loss = cosine_distance(z_own, z_both)
@@ -747,14 +885,17 @@ def gist_loss(model, params: Optional[dict], phi: dict, ids: torch.Tensor, gist_
 
 
 def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: torch.Tensor, inner_lr: float,
-                   loss_fn, first_order: bool = False, fd_eps: float = 0.01, meta_theta: bool = False):
+                   loss_fn, first_order: bool = False, fd_eps: float = 0.01, meta_theta: bool = False,
+                   return_fast: bool = False):
     """One meta step's gradients. theta: name -> tensor (requires grad), phi: name -> tensor.
-    loss_fn(model, params, phi, ids) is the inner loss. Returns (inner loss, outer loss, grads)
+    loss_fn(model, params, phi, ids, target_params=None) is the inner loss (target_params: the weights
+    of a stop-gradient truth side, see gist_loss). Returns (inner loss, outer loss, grads)
     with grads: name -> gradient of the outer loss for every phi entry (and theta's with meta_theta).
         second order:  theta' = theta - alpha grad L(theta, phi) kept in the graph; autograd.grad.
         first order:   v = grad CE(theta'), theta' detached; phi-grad by the forward difference
                        -alpha (grad_phi L(theta + eps v) - grad_phi L(theta)) / eps, eps = fd_eps/|v|;
-                       theta-grad = v (first-order MAML)."""
+                       theta-grad = v (first-order MAML).
+    return_fast: also return theta' (detached), the weights after the inner step."""
     names, tensors = list(theta), list(theta.values())
     phi_names, phi_tensors = list(phi), list(phi.values())
     inner = loss_fn(model, theta, phi, x_train)
@@ -765,7 +906,8 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
         wrt = phi_tensors + (tensors if meta_theta else [])
         grads = torch.autograd.grad(outer, wrt, allow_unused=True)
         grads = [torch.zeros_like(w) if gr is None else gr for w, gr in zip(wrt, grads)]
-        return inner.detach(), outer.detach(), dict(zip(phi_names + (names if meta_theta else []), grads))
+        out = inner.detach(), outer.detach(), dict(zip(phi_names + (names if meta_theta else []), grads))
+        return out + ({n: f.detach() for n, f in fast.items()},) if return_fast else out
     g_all = torch.autograd.grad(inner, tensors + phi_tensors, allow_unused=True)
     g, g_phi0 = g_all[:len(tensors)], g_all[len(tensors):]
     fast = {n: (p - inner_lr * gi).detach().requires_grad_() for n, p, gi in zip(names, tensors, g)}
@@ -773,7 +915,9 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
     v = torch.autograd.grad(outer, list(fast.values()))
     eps = fd_eps / torch.sqrt(sum((vi * vi).sum() for vi in v)).clamp_min(1e-12)
     shifted = {n: p.detach() + eps * vi for n, p, vi in zip(names, tensors, v)}
-    g_phi1 = torch.autograd.grad(loss_fn(model, shifted, phi, x_train), phi_tensors, allow_unused=True)
+    # the truth side of a stop-gradient loss keeps theta: v . grad_theta L moves the prediction side only
+    g_phi1 = torch.autograd.grad(loss_fn(model, shifted, phi, x_train, target_params=theta), phi_tensors,
+                                 allow_unused=True)
     grads = {}
     for n, w, a, b in zip(phi_names, phi_tensors, g_phi1, g_phi0):
         a = torch.zeros_like(w) if a is None else a
@@ -781,7 +925,8 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
         grads[n] = -inner_lr * (a - b) / eps
     if meta_theta:
         grads.update(zip(names, v))
-    return inner.detach(), outer.detach(), grads
+    out = inner.detach(), outer.detach(), grads
+    return out + ({n: f.detach() for n, f in fast.items()},) if return_fast else out
 
 
 def select_similar(query: torch.Tensor, bank: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
@@ -821,6 +966,52 @@ def k_step_ce(model, loss_fn, chunks: torch.Tensor, lr: float) -> float:
             opt.step()
     with torch.no_grad():
         return float(lm_ce(m, None, chunks[-1]))
+
+
+def sgd_update(theta: dict, loss: torch.Tensor, lr: float) -> dict:
+    """theta - lr * grad loss, as new leaf tensors (the step is kept, not restored)."""
+    g = torch.autograd.grad(loss, list(theta.values()), allow_unused=True)
+    return {n: (p.detach() if gi is None else (p - lr * gi).detach()).requires_grad_()
+            for (n, p), gi in zip(theta.items(), g)}
+
+
+def online_stream(model, rule: str, chunks: torch.Tensor, lr: float, phi: Optional[dict] = None, loss_fn=None,
+                  meta_lr: float = 0.0, first_order: bool = False, fd_eps: float = 0.01) -> tuple[torch.Tensor, dict]:
+    """Plan 3's online phase on one stream: chunks (N + 1, B, L + 1), consecutive. For t = 0..N-1
+    the CE of chunk t under the current theta_t is recorded, then theta keeps one SGD step (lr):
+        gist_meta:   theta_{t+1} = theta_t - lr grad L(theta_t, phi_t; chunk t), and phi takes one Adam
+                     step (meta_lr) on dCE(theta_{t+1}; chunk t+1)/dphi through that step (so the CE
+                     of chunk t+1 recorded next is the outer loss before phi's update);
+        gist_fixed:  the same inner steps with phi never updated;
+        loss:        theta_{t+1} = theta_t - lr grad loss_fn(model, theta_t, chunk t)  (ce, stage_b);
+        none:        no update.
+    loss_fn(model, params, ids) for loss rules, loss_fn(model, params, phi, ids) for the gist rules.
+    Returns (CE of chunks 0..N, (N + 1,) tensor, recorded before each update, and the final theta)."""
+    theta = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    if rule in ("gist_meta", "gist_fixed"):
+        phi = {n: p.detach().clone().requires_grad_(rule == "gist_meta") for n, p in phi.items()}
+        opt = torch.optim.Adam(list(phi.values()), lr=meta_lr) if rule == "gist_meta" else None
+    ces = []
+    for t in range(chunks.shape[0] - 1):
+        with torch.no_grad():
+            ces.append(lm_ce(model, theta, chunks[t]))
+        if rule == "none":
+            continue
+        if rule == "gist_meta":
+            _, _, grads, fast = meta_gradients(model, theta, phi, chunks[t], chunks[t + 1], lr, loss_fn,
+                                               first_order, fd_eps, return_fast=True)
+            for n, p in phi.items():
+                p.grad = grads[n]
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            theta = {n: f.requires_grad_() for n, f in fast.items()}
+        elif rule == "gist_fixed":
+            theta = sgd_update(theta, loss_fn(model, theta, phi, chunks[t]), lr)
+        else:
+            theta = sgd_update(theta, loss_fn(model, theta, chunks[t]), lr)
+    with torch.no_grad():
+        ces.append(lm_ce(model, theta, chunks[-1]))
+    return torch.stack(ces), theta
 
 
 # ==================================================================================================
@@ -1159,15 +1350,27 @@ def ce_backward_step(model, theta: dict, ids: torch.Tensor):
     return torch.autograd.grad(lm_ce(model, None, ids), list(theta.values()))
 
 
-def gist_rule_loss(model, ids: torch.Tensor, phi: dict, gist_id: int, temperature: float) -> torch.Tensor:
+def gist_rule_loss(model, ids: torch.Tensor, phi: dict, gist_id: int, temperature: float,
+                   stopgrad_target: bool = True) -> torch.Tensor:
     """Update rule 'learned' or 'fixed' of the stage-C evaluation: L_gist with the given (detached) phi."""
-    return gist_loss(model, None, phi, ids, gist_id, temperature)
+    return gist_loss(model, None, phi, ids, gist_id, temperature, stopgrad_target)
 
 
 def semantic_rule_loss(model, ids: torch.Tensor, target, gist_id: int, num_gist: int, temperature: float,
-                       pred_encoder: str) -> torch.Tensor:
+                       pred_encoder: str, center: bool = True) -> torch.Tensor:
     """Update rule 'stage_b' of the stage-C evaluation: L_B against a frozen target."""
-    return semantic_loss(model, target, ids, gist_id, num_gist, temperature, pred_encoder)[0]
+    return semantic_loss(model, target, ids, gist_id, num_gist, temperature, pred_encoder, center)[0]
+
+
+def semantic_online_loss(model, params: dict, ids: torch.Tensor, target, gist_id: int, num_gist: int,
+                         temperature: float, pred_encoder: str, center: bool) -> torch.Tensor:
+    """Rule 'stage_b' of the online phase: L_B of the functional weights params against a frozen target."""
+    return semantic_loss(model, target, ids, gist_id, num_gist, temperature, pred_encoder, center, params=params)[0]
+
+
+def ce_online_loss(model, params: dict, ids: torch.Tensor) -> torch.Tensor:
+    """Rule 'ce' of the online phase: true next-token CE of the functional weights params."""
+    return lm_ce(model, params, ids)
 
 
 def ce_rule_loss(model, ids: torch.Tensor) -> torch.Tensor:
@@ -1181,7 +1384,7 @@ def ce_rule_loss(model, ids: torch.Tensor) -> torch.Tensor:
 def load_data(args: Args):
     """(tokenizer, train ids, validation ids, corpus description); one-line ValueErrors for a bad
     tokenizer or a corpus too short for the run."""
-    train_text, val_text, source = load_corpus(args)
+    train_text, val_text, source = load_corpus(args) if args.corpus == "text" else synthetic_corpus(args)
     try:
         tok = build_tokenizer(args, train_text, [GIST])
     except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a broken file
@@ -1251,13 +1454,15 @@ def stage_a(args: Args, log: RunLog, model, train_ids: torch.Tensor, val_ids: to
         summary[f"a_tokens_per_s_{mode}"] = tokens / (time.time() - t0)
         if mode == "gist":
             gist_model = copy.deepcopy(model)
-    if {"gist", "full", "none"} <= set(a_final):
-        gap = a_final["none"] - a_final["full"]
-        summary["a_retention"] = (a_final["none"] - a_final["gist"]) / gap if gap != 0 else None
-        summary["a_gap_none_full"] = gap
-        gap = a_head["none"] - a_head["full"]
-        summary["a_retention_head"] = (a_head["none"] - a_head["gist"]) / gap if gap != 0 else None
-        summary["a_gap_none_full_head"] = gap
+    for neg in ("none", "neg"):                    # retention against our negative control and Mu et al.'s
+        if {"gist", "full", neg} <= set(a_final):
+            tag = "" if neg == "none" else "_neg"
+            gap = a_final[neg] - a_final["full"]
+            summary[f"a_retention{tag}"] = (a_final[neg] - a_final["gist"]) / gap if gap != 0 else None
+            summary[f"a_gap_{neg}_full"] = gap                                 # the positive-control gap
+            gap = a_head[neg] - a_head["full"]
+            summary[f"a_retention{tag}_head"] = (a_head[neg] - a_head["gist"]) / gap if gap != 0 else None
+            summary[f"a_gap_{neg}_full_head"] = gap
     # speed: gist-masked vs unmasked (plain causal) forward on the same batch
     with torch.no_grad():
         ids = gist_sequences(a_val[0], Lc, k, args.gist_id)
@@ -1288,14 +1493,16 @@ def stage_b(args: Args, log: RunLog, gist_model, train_ids: torch.Tensor, val_id
         opt = torch.optim.AdamW(model.parameters(), lr=args.b_lr, weight_decay=args.weight_decay)
         b_gen = torch.Generator().manual_seed(args.seed + 1)     # same chunks for every loss
         xs, ys = [0], [val_ce(model, b_val)]
-        spread_x, spread_pred, spread_true = [], [], []
+        spread_x, spread_pred, spread_true, grad_cos = [], [], [], []
         steps = args.b_steps if loss_name != "none" else 0
         for s in range(1, steps + 1):
             step += 1
             ids = sample_windows(train_ids, args.batch_size, Lc + 1, b_gen)
             if loss_name == "gist":
                 loss, z_pred, z_true = semantic_loss(model, target, ids, args.gist_id, k,
-                                                     args.soft_temperature, args.b_pred_encoder)
+                                                     args.soft_temperature, args.b_pred_encoder, args.b_center)
+                if s % 10 == 0 or s == steps or s == 1:     # does L_B point where true CE points?
+                    grad_cos.append(grad_cosine(loss, lm_ce(model, None, ids), list(model.parameters())))
             else:
                 loss = lm_ce(model, None, ids)
             opt.zero_grad(set_to_none=True)
@@ -1304,13 +1511,15 @@ def stage_b(args: Args, log: RunLog, gist_model, train_ids: torch.Tensor, val_id
             opt.step()
             if args.b_target == "ema":
                 ema_update_(target, model, args.b_ema)
-            if s % args.eval_every == 0 or s == steps or (loss_name == "gist" and s % 10 == 0):
+            if s % args.eval_every == 0 or s == steps or (loss_name == "gist" and (s % 10 == 0 or s == 1)):
                 row = {"stage": "b", "stage_step": s, "b/loss_name": loss_name, "b/train_loss": loss.item()}
                 if loss_name == "gist":
                     spread_x.append(s)
-                    spread_pred.append(float(code_spread(z_pred.detach())))
-                    spread_true.append(float(code_spread(z_true)))
-                    row.update({"b/gist_spread_pred": spread_pred[-1], "b/gist_spread_true": spread_true[-1]})
+                    spread_pred.append(mean_pairwise_cosine(z_pred.detach()))
+                    spread_true.append(mean_pairwise_cosine(z_true))
+                    row.update({"b/pair_cos_pred": spread_pred[-1], "b/pair_cos_true": spread_true[-1],
+                                "b/eff_rank_pred": effective_rank(z_pred.detach()),
+                                "b/eff_rank_true": effective_rank(z_true), "b/grad_cos_ce": grad_cos[-1]})
                 if s % args.eval_every == 0 or s == steps:
                     xs.append(s), ys.append(val_ce(model, b_val))
                     row["b/val_ce"] = ys[-1]
@@ -1328,9 +1537,13 @@ def stage_b(args: Args, log: RunLog, gist_model, train_ids: torch.Tensor, val_id
             b_spread_curves = {"prediction (live encoder)" if args.b_pred_encoder == "online"
                                else "prediction (target encoder)": (spread_x, spread_pred),
                                f"ground truth ({args.b_target} target)": (spread_x, spread_true)}
-            summary.update({"b_gist_spread_pred_final": spread_pred[-1], "b_gist_spread_true_final": spread_true[-1],
-                            "b_gist_spread_true_start": spread_true[0]})
-    plot_curves([("validation CE (nats/token)", b_curves), ("gist-code spread (collapse diagnostic)", b_spread_curves)],
+            summary.update({"b_pair_cos_pred_final": spread_pred[-1], "b_pair_cos_true_final": spread_true[-1],
+                            "b_pair_cos_pred_start": spread_pred[0], "b_pair_cos_true_start": spread_true[0],
+                            "b_eff_rank_pred_final": effective_rank(z_pred.detach()),
+                            "b_eff_rank_true_final": effective_rank(z_true),
+                            "b_grad_cos_ce_mean": float(np.mean(grad_cos)), "b_grad_cos_ce_first": grad_cos[0]})
+    plot_curves([("validation CE (nats/token)", b_curves),
+                 ("mean pairwise cosine of the codes (1 = collapsed)", b_spread_curves)],
                 f"{log.run_name}: stage B, target {args.b_target}, pred encoder {args.b_pred_encoder}",
                 os.path.join(log.run_dir, "stage_b.png"))
     print("[B] val CE " + ", ".join(f"{n} {summary[f'b_val_ce_{n}']:.4f}" for n in args.b_losses), flush=True)
@@ -1360,7 +1573,8 @@ def stage_c(args: Args, log: RunLog, gist_model, train_ids: torch.Tensor, summar
     start_model = copy.deepcopy(model)
     meta_params = list(phi.values()) + (list(theta.values()) if args.meta_theta else [])
     meta_opt = torch.optim.Adam(meta_params, lr=args.meta_lr)
-    loss_c = functools.partial(gist_loss, gist_id=args.gist_id, temperature=args.soft_temperature)
+    loss_c = functools.partial(gist_loss, gist_id=args.gist_id, temperature=args.soft_temperature,
+                               stopgrad_target=args.c_stopgrad_target)
     c_gen = torch.Generator().manual_seed(args.seed + 2)
     if args.val_select == "similar":
         bank_starts = torch.randint(0, len(train_ids) - L, (args.bank_size,), generator=c_gen)
@@ -1434,11 +1648,12 @@ def evaluate_stage_c(args: Args, log: RunLog, learned: MetaLearned, val_ids: tor
     phi_fixed = {n: p.detach().clone() for n, p in learned.phi0.items()}
     frozen_target = copy.deepcopy(eval_model).requires_grad_(False)
     gist_kw = {"gist_id": args.gist_id, "temperature": args.soft_temperature}
+    sg = args.c_stopgrad_target
     rules = {
-        "learned": functools.partial(gist_rule_loss, phi=phi_learned, **gist_kw),
-        "fixed": functools.partial(gist_rule_loss, phi=phi_fixed, **gist_kw),
+        "learned": functools.partial(gist_rule_loss, phi=phi_learned, stopgrad_target=sg, **gist_kw),
+        "fixed": functools.partial(gist_rule_loss, phi=phi_fixed, stopgrad_target=sg, **gist_kw),
         "stage_b": functools.partial(semantic_rule_loss, target=frozen_target, num_gist=k,
-                                     pred_encoder=args.b_pred_encoder, **gist_kw),
+                                     pred_encoder=args.b_pred_encoder, center=args.b_center, **gist_kw),
         "ce": ce_rule_loss,
         "none": None,
     }
@@ -1474,6 +1689,52 @@ def evaluate_stage_c(args: Args, log: RunLog, learned: MetaLearned, val_ids: tor
     return step
 
 
+def online_phase(args: Args, log: RunLog, learned: MetaLearned, val_ids: torch.Tensor, summary: dict,
+                 step: int) -> int:
+    """Plan 3 as the seed wrote it: from stage C's start model (its meta-updated model with
+    --meta-theta), theta keeps every one of N = --c-online-steps SGD steps (lr alpha) on a stream of
+    consecutive validation chunks (--meta-batch-size parallel streams), each rule of
+    --c-online-rules on the same stream; gist_meta starts from stage C's phi and keeps meta-learning
+    it online on the next chunk. Reports the CE of every chunk before theta learns from it (online,
+    prequential CE), its mean over the whole stream and over the last quarter."""
+    L, N, k = args.c_chunk_len, args.c_online_steps, args.num_gist_tokens
+    start_model = learned.model if args.meta_theta else learned.start_model
+    frozen_target = copy.deepcopy(start_model).requires_grad_(False)
+    o_gen = torch.Generator().manual_seed(args.seed + 4)
+    starts = torch.randint(0, len(val_ids) - (N + 1) * L - 1, (args.meta_batch_size,), generator=o_gen)
+    chunks = consecutive_chunks(val_ids, starts, L, N + 1)
+    gist_fn = functools.partial(gist_loss, gist_id=args.gist_id, temperature=args.soft_temperature,
+                                stopgrad_target=args.c_stopgrad_target)
+    loss_fns = {"gist_meta": gist_fn, "gist_fixed": gist_fn, "none": None, "ce": ce_online_loss,
+                "stage_b": functools.partial(semantic_online_loss, target=frozen_target, gist_id=args.gist_id,
+                                             num_gist=k, temperature=args.soft_temperature,
+                                             pred_encoder=args.b_pred_encoder, center=args.b_center)}
+    curves, q = {}, max(1, (N + 1) // 4)
+    for rule in args.c_online_rules:
+        t0 = time.time()
+        ces, _ = online_stream(start_model, rule, chunks, args.inner_lr, phi=learned.phi, loss_fn=loss_fns[rule],
+                               meta_lr=args.meta_lr, first_order=args.first_order, fd_eps=args.fd_eps)
+        ces = ces.cpu().numpy()
+        if not np.isfinite(ces).all():
+            raise NonFinite(f"non-finite CE in the online phase, rule {rule} (step {step})")
+        curves[rule] = (list(range(N + 1)), list(ces))
+        summary[f"c_online_ce_{rule}"] = float(ces.mean())
+        summary[f"c_online_ce_last_{rule}"] = float(ces[-q:].mean())
+        summary[f"c_online_sec_{rule}"] = time.time() - t0
+        for t in range(0, N + 1, max(1, N // 20)):
+            step += 1
+            log.log(step, {"stage": "c_online", "stage_step": t, "c_online/rule": rule, "c_online/ce": float(ces[t])})
+        print(f"[C online] {rule:>10}: CE over the stream {ces.mean():.4f}, last quarter {ces[-q:].mean():.4f}",
+              flush=True)
+    if "none" in curves:
+        for rule in curves:
+            summary[f"c_online_gain_{rule}"] = summary["c_online_ce_none"] - summary[f"c_online_ce_{rule}"]
+    plot_curves([("CE of each chunk before learning from it (nats)", curves, "stream step")],
+                f"{log.run_name}: online phase, N={N}, alpha={args.inner_lr}", os.path.join(log.run_dir,
+                                                                                       "stage_c_online.png"))
+    return step
+
+
 def train(args: Args, log: RunLog) -> dict:
     """Stage A (always: B and C start from its gist model), then B and C as --stage asks, in order;
     x-axis `step` counts the optimizer/meta steps of all stages. Writes the plots (and a BPE
@@ -1498,6 +1759,7 @@ def train(args: Args, log: RunLog) -> dict:
         if "c" in args.run_stages:
             learned, step = stage_c(args, log, gist_model, train_ids, summary, step)
             step = evaluate_stage_c(args, log, learned, val_ids, summary, step)
+            step = online_phase(args, log, learned, val_ids, summary, step)
     except NonFinite as e:
         summary["status"] = str(e)
     summary["wall_time_s"] = time.time() - t_start

@@ -15,7 +15,7 @@ SCRIPT = "gist_meta.py"
 TINY = ("--n-embd", "32", "--n-layer", "2", "--n-head", "2", "--n-kv-head", "1", "--a-steps", "6", "--b-steps", "4",
         "--c-steps", "3", "--eval-every", "3", "--eval-batches", "2", "--batch-size", "4", "--meta-batch-size", "2",
         "--context-len", "16", "--cont-len", "8", "--c-chunk-len", "8", "--bank-size", "8", "--bank-refresh", "2",
-        "--c-eval-episodes", "2", "--eval-inner-steps", "2", "--inner-lr", "0.05")
+        "--c-eval-episodes", "2", "--eval-inner-steps", "2", "--inner-lr", "0.05", "--c-online-steps", "3")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 TIMING = ("a/tokens_per_s", "c/sec_per_meta_step")
 
@@ -39,10 +39,46 @@ def rule(q, j, ctx, k, mode):
         return False                                               # after the last gist, no context
     if mode == "none" and q >= ctx and j < ctx:
         return False                                               # nothing after the context sees it
+    if mode == "neg" and q >= ctx + k and j < ctx + k:
+        return False                                               # Mu et al.: nor the gists
     return True
 
 
-@pytest.mark.parametrize("mode", ["gist", "full", "none"])
+def mu_masks(ids, gist_id):
+    """Mu et al.'s make_gist_mask / make_neg_control_mask / make_pos_control_mask, written again from
+    their definition (two cumulative sums over ids == gist_id), each AND the causal triangle as in
+    their decoder-only LLaMA; (B, 1, T, T) bool. No gist in a row: all ones (then causal)."""
+    is_gist = ids == gist_id
+    up_to_last = is_gist.flip(-1).cumsum(-1).flip(-1) >= 1          # has a gist at or after me
+    from_first = is_gist.cumsum(-1) >= 1                             # has a gist at or before me
+    pre_q = up_to_last[:, None, :, None]                             # query before or at the last gist
+    gist = torch.where(pre_q, up_to_last[:, None, None, :], from_first[:, None, None, :])
+    neg = torch.where(pre_q, up_to_last[:, None, None, :], ~up_to_last[:, None, None, :])
+    has = is_gist.any(-1)[:, None, None, None]
+    T = ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return {"gist": torch.where(has, gist, True) & causal, "neg": torch.where(has, neg, True) & causal,
+            "full": torch.ones_like(gist) & causal}
+
+
+def test_masks_agree_with_mu_et_al_over_many_layouts():
+    n = 0
+    for ctx in range(1, 7):
+        for k in range(1, 5):
+            for cont in range(1, 6):
+                ids = G.gist_sequences(torch.zeros(1, ctx + cont, dtype=torch.long), ctx, k, 9)
+                ref = mu_masks(ids, 9)
+                for mode in ("gist", "neg", "full"):
+                    ours = G.gist_attention_mask(ctx, k, cont, mode)[0, 0] == 0
+                    assert torch.equal(ours, ref[mode][0, 0]), (ctx, k, cont, mode)
+                    n += 1
+                # our 'none' differs from their neg control: the gists do not see the context
+                none = G.gist_attention_mask(ctx, k, cont, "none")[0, 0] == 0
+                assert not none[ctx, :ctx].any() and ref["neg"][0, 0, ctx, :ctx].all()
+    assert n == 360
+
+
+@pytest.mark.parametrize("mode", ["gist", "full", "none", "neg"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gist_mask_entry_by_entry(mode, dtype):
     ctx, k, cont = 3, 2, 3
@@ -72,14 +108,15 @@ def test_gist_mask_by_hand():
 
 
 def test_sequences_and_stage_a_loss_indexing():
-    windows = torch.arange(10).view(2, 5)                          # ctx 3, cont 2
+    windows = torch.arange(12).view(2, 6)                          # ctx 3, cont 3
     ids = G.gist_sequences(windows, 3, 2, 99)
-    assert ids.tolist() == [[0, 1, 2, 99, 99, 3, 4], [5, 6, 7, 99, 99, 8, 9]]
+    assert ids.tolist() == [[0, 1, 2, 99, 99, 3, 4, 5], [6, 7, 8, 99, 99, 9, 10, 11]]
     torch.manual_seed(0)
-    logits = torch.randn(2, 7, 100)
+    logits = torch.randn(2, 8, 100)
     loss, cont = G.stage_a_losses(logits, ids, 3, 2, context_loss=True)
+    assert G.continuation_token_ce(logits, ids, 3, 2).shape == (2, 2)        # x_2, x_3 scored; x_1 not
     ce = lambda b, pos, tgt: -torch.log_softmax(logits[b, pos], -1)[tgt]
-    cont_terms = [ce(b, p - 1, ids[b, p]) for b in range(2) for p in (5, 6)]   # x0 from the last gist
+    cont_terms = [ce(b, p - 1, ids[b, p]) for b in range(2) for p in (6, 7)]   # never from the last gist
     ctx_terms = [ce(b, p - 1, ids[b, p]) for b in range(2) for p in (1, 2)]
     assert cont.item() == pytest.approx(torch.stack(cont_terms).mean().item(), rel=1e-5)
     assert loss.item() == pytest.approx(torch.stack(cont_terms + ctx_terms).mean().item(), rel=1e-5)
@@ -141,6 +178,54 @@ def test_leak_changing_the_context_changes_post_gist_outputs_only_through_the_gi
                        post_gist_logits(shallow, b, masks["gist"], gist_pos=gist_pos))
 
 
+def scored_context_gradients(model, ids, mask, ctx, k):
+    """|d CE(scored token i) / d context embeddings| for every scored continuation token i."""
+    emb = model.get_input_embeddings().weight[ids].detach().requires_grad_()
+    logits = model(inputs_embeds=emb, attention_mask=mask, use_cache=False).logits
+    tok = G.continuation_token_ce(logits, ids, ctx, k)
+    return [torch.autograd.grad(tok[:, i].sum(), emb, retain_graph=True)[0][:, :ctx].abs().max().item()
+            for i in range(tok.shape[1])]
+
+
+def test_no_scored_position_attends_to_the_context():
+    """With one layer the gists' keys and values are embeddings only, so under the gist mask no
+    scored continuation token may depend on the context at all; under neg and none at no depth.
+    (Scoring x_1, which the last gist predicts while attending to the context, makes this fail.)"""
+    ctx, k, cont, gist_id = 5, 2, 4, 23
+    torch.manual_seed(2)
+    ids = G.gist_sequences(torch.randint(0, 23, (2, ctx + cont)), ctx, k, gist_id)
+    masks = {m: G.gist_attention_mask(ctx, k, cont, m) for m in G.MASK_MODES}
+    shallow, deep = tiny_model(layers=1), tiny_model(layers=3)
+    grads = scored_context_gradients(shallow, ids, masks["gist"], ctx, k)
+    assert len(grads) == cont - 1 and all(g == 0.0 for g in grads), grads
+    for mode in ("none", "neg"):
+        assert all(g == 0.0 for g in scored_context_gradients(deep, ids, masks[mode], ctx, k)), mode
+    # the check can fail: the full mask, and the gist mask at depth 3 (through the gists), reach the context
+    assert all(g > 0 for g in scored_context_gradients(shallow, ids, masks["full"], ctx, k))
+    assert all(g > 0 for g in scored_context_gradients(deep, ids, masks["gist"], ctx, k))
+
+
+def test_stage_a_trains_and_evaluates_each_model_with_its_own_mask(tmp_path, monkeypatch):
+    """Every masked forward of stage A, training and evaluation, gets its model's mask: the gist
+    model the gist mask, then each control its own, in the order of --a-modes."""
+    from transformers import LlamaForCausalLM
+    seen, real = [], LlamaForCausalLM.forward
+
+    def spy(self, *a, **kw):
+        if kw.get("attention_mask") is not None and kw.get("input_ids") is not None:
+            seen.append(kw["attention_mask"].clone())
+        return real(self, *a, **kw)
+    monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
+    code, _ = run_in_process(G, SCRIPT, "step", tmp_path, *TINY, "--stage", "a", "--a-modes", "gist", "neg")
+    assert code == 0
+    want = {m: G.gist_attention_mask(16, 4, 8, m) for m in ("gist", "neg")}
+    per_model = 6 + 3 * 2                                   # 6 training steps, 3 evaluations x 2 batches
+    assert len(seen) == 2 * per_model + 5 + 1               # + the speed check (5 reps + warm-up), gist mask
+    for i, m in enumerate(seen):
+        mode = "gist" if i < per_model or i >= 2 * per_model else "neg"
+        assert torch.equal(m, want[mode]), i
+
+
 def test_gist_row_is_the_vocabulary_mean():
     model = tiny_model(vocab=24)
     w = model.get_input_embeddings().weight
@@ -173,12 +258,67 @@ def test_semantic_loss_reaches_the_lm_through_the_soft_prediction(pred_encoder):
     assert all(p.grad is None for p in target.parameters())
 
 
-def test_code_spread():
+def test_collapse_diagnostics_and_centring():
     same = torch.ones(4, 2, 3)
-    assert G.code_spread(same).item() == pytest.approx(0.0, abs=1e-7)
+    assert G.mean_pairwise_cosine(same) == pytest.approx(1.0) and G.effective_rank(same) == 0.0
     eye = torch.eye(4).view(4, 2, 2)                               # 4 orthonormal codes
-    # unit vectors e_i: per-dim variance 1/4 - 1/16, summed over 4 dims = 3/4
-    assert G.code_spread(eye).item() == pytest.approx(math.sqrt(0.75), rel=1e-6)
+    assert G.mean_pairwise_cosine(eye) == pytest.approx(0.0, abs=1e-12)
+    assert G.effective_rank(eye) == pytest.approx(3.0, rel=1e-9)   # centred: 3 equal singular values
+    line = torch.arange(5.0)[:, None, None] * torch.tensor([1.0, 2.0])[None, None, :] + 7
+    assert G.effective_rank(line) == pytest.approx(1.0, rel=1e-9)
+    z = torch.randn(5, 2, 3)
+    assert torch.allclose(G.center_codes(z).mean(0), torch.zeros(2, 3), atol=1e-6)
+    assert torch.allclose(G.center_codes(z + 3.0), G.center_codes(z), atol=1e-5)   # the common part is gone
+
+
+def test_grad_cosine():
+    w = torch.randn(5, requires_grad=True)
+    a, b = (w * torch.arange(5.0)).sum(), (w ** 2).sum()
+    assert G.grad_cosine(a, a, [w]) == pytest.approx(1.0) and G.grad_cosine(a, -a, [w]) == pytest.approx(-1.0)
+    ga, gb = torch.arange(5.0), 2 * w.detach()
+    assert G.grad_cosine(a, b, [w]) == pytest.approx(float(ga @ gb / ga.norm() / gb.norm()), rel=1e-6)
+
+
+def test_semantic_loss_target_side_is_a_stop_gradient():
+    """Even with the live model as its own target, no gradient flows through the truth side."""
+    model = tiny_model()
+    ids = torch.randint(0, 23, (4, 9), generator=torch.Generator().manual_seed(3))
+    loss, z_pred, z_true = G.semantic_loss(model, model, ids, 23, 2, 1.0, "online", center=True)
+    g = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True, retain_graph=True)
+    ref = G.cosine_distance(G.center_codes(z_pred), G.center_codes(z_true.detach()))
+    g_ref = torch.autograd.grad(ref, list(model.parameters()), allow_unused=True)
+    for a, b in zip(g, g_ref):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-7)
+    # centring changes the loss (the test of the flag can fail)
+    raw = G.semantic_loss(model, model, ids, 23, 2, 1.0, "online", center=False)[0]
+    assert abs(raw.item() - loss.item()) > 1e-4
+
+
+def test_gist_loss_truth_side_is_a_stop_gradient_for_theta_not_phi():
+    model = tiny_model()
+    theta = dict(model.named_parameters())
+    phi = G.init_phi(model.get_input_embeddings().weight[23], 2, proj=True, scale=False)
+    with torch.no_grad():
+        phi["gist"].add_(0.3 * torch.randn_like(phi["gist"]))
+    ids = torch.randint(0, 23, (3, 9), generator=torch.Generator().manual_seed(4))
+    loss = G.gist_loss(model, theta, phi, ids, 23, stopgrad_target=True)
+    g = torch.autograd.grad(loss, list(theta.values()) + [phi["gist"]], allow_unused=True)
+    # reference: z_both recomputed as a constant for theta, still a function of phi
+    emb = theta["model.embed_tokens.weight"]
+    logits = G.forward(model, theta, input_ids=ids[:, :-1]).logits
+    pred = G.soft_embeddings(logits, emb, 23, 1.0)
+    z_own = G.gist_codes(model, theta, pred, phi["gist"]) @ phi["proj"].T
+    frozen = {n: p.detach() for n, p in theta.items()}
+    z_both = G.gist_codes(model, frozen, torch.cat([pred.detach(), emb.detach()[ids[:, 1:]]], 1), phi["gist"]) @ phi["proj"].T
+    ref = G.cosine_distance(z_own, z_both)
+    assert ref.item() == pytest.approx(loss.item(), rel=1e-6)
+    g_ref = torch.autograd.grad(ref, list(theta.values()) + [phi["gist"]], allow_unused=True)
+    for a, b in zip(g, g_ref):
+        assert torch.allclose(a, b, atol=1e-7)
+    assert g[-1].abs().sum() > 0                                   # phi still gets its gradient
+    no_sg = G.gist_loss(model, theta, phi, ids, 23, stopgrad_target=False)
+    g_no = torch.autograd.grad(no_sg, list(theta.values()))
+    assert max((a - b).abs().max().item() for a, b in zip(g_no, g[:-1])) > 1e-5   # the stop-gradient matters
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,7 +345,7 @@ def float64_llama(monkeypatch):
     monkeypatch.setattr(ML, "eager_attention_forward", eager)
 
 
-def meta_problem(seed=0):
+def meta_problem(seed=0, stopgrad=True):
     model = tiny_model(dtype=torch.float64, seed=seed)
     theta = dict(model.named_parameters())
     phi = G.init_phi(model.get_input_embeddings().weight[23], 2, proj=True, scale=True)
@@ -215,7 +355,7 @@ def meta_problem(seed=0):
         phi["log_scale"].fill_(0.4)
     gen = torch.Generator().manual_seed(seed)
     x_tr, x_val = torch.randint(0, 23, (2, 7), generator=gen), torch.randint(0, 23, (2, 7), generator=gen)
-    loss_fn = lambda m, params, ph, ids: G.gist_loss(m, params, ph, ids, 23)
+    loss_fn = lambda m, params, ph, ids, **kw: G.gist_loss(m, params, ph, ids, 23, stopgrad_target=stopgrad, **kw)
     return model, theta, phi, x_tr, x_val, loss_fn
 
 
@@ -239,15 +379,20 @@ def central_difference(tensor, index, f, h=1e-6):
     return (up - down) / (2 * h)
 
 
-def test_second_order_meta_gradient_matches_finite_differences_float64(float64_llama):
-    model, theta, phi, x_tr, x_val, loss_fn = meta_problem()
+@pytest.mark.parametrize("stopgrad", [True, False])
+def test_second_order_meta_gradient_matches_finite_differences_float64(float64_llama, stopgrad):
+    """phi's meta-gradient is exact with or without the stop-gradient on z_both (z_both stays a
+    function of phi); theta's (--meta-theta) is exact without it (with it, the truth side is a
+    constant for theta by construction, so a finite difference of theta sees a different function)."""
+    model, theta, phi, x_tr, x_val, loss_fn = meta_problem(stopgrad=stopgrad)
     lr = 0.5
     _, _, grads = G.meta_gradients(model, theta, phi, x_tr, x_val, lr, loss_fn, meta_theta=True)
     f = lambda: outer_loss(model, theta, phi, x_tr, x_val, loss_fn, lr)
     checks = [("gist", phi["gist"], (0, 3)), ("gist", phi["gist"], (1, 7)), ("proj", phi["proj"], (2, 5)),
-              ("log_scale", phi["log_scale"], ()), ("model.layers.1.mlp.down_proj.weight",
-                                                    theta["model.layers.1.mlp.down_proj.weight"], (4, 9)),
-              ("model.embed_tokens.weight", theta["model.embed_tokens.weight"], (3, 2))]
+              ("log_scale", phi["log_scale"], ())]
+    if not stopgrad:
+        checks += [("model.layers.1.mlp.down_proj.weight", theta["model.layers.1.mlp.down_proj.weight"], (4, 9)),
+                   ("model.embed_tokens.weight", theta["model.embed_tokens.weight"], (3, 2))]
     for name, tensor, index in checks:
         fd = central_difference(tensor, index, f)
         assert grads[name][index].item() == pytest.approx(fd, rel=1e-5, abs=1e-9), name
@@ -285,6 +430,68 @@ def test_select_similar_on_constructed_embeddings():
     assert G.select_similar(query, bank, exclude).tolist() == [2, 3, 0]
     exclude[2, 0] = True
     assert G.select_similar(query, bank, exclude).tolist() == [2, 3, 1]
+
+
+def online_problem():
+    model = tiny_model()
+    chunks = torch.randint(0, 23, (4, 2, 7), generator=torch.Generator().manual_seed(5))   # N = 3 steps
+    phi = G.init_phi(model.get_input_embeddings().weight[23], 2, proj=True, scale=True)
+    loss_fn = lambda m, params, ph, ids, **kw: G.gist_loss(m, params, ph, ids, 23, **kw)
+    return model, chunks, phi, loss_fn
+
+
+def test_online_ce_stream_keeps_every_step():
+    """theta_{t+1} = theta_t - lr grad CE(theta_t; chunk t), kept; CE of chunk t recorded before."""
+    model, chunks, _, _ = online_problem()
+    ces, theta = G.online_stream(model, "ce", chunks, 0.5, loss_fn=G.ce_online_loss)
+    ref = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    for t in range(3):
+        assert ces[t].item() == pytest.approx(G.lm_ce(model, ref, chunks[t]).item(), rel=1e-6)
+        g = torch.autograd.grad(G.lm_ce(model, ref, chunks[t]), list(ref.values()))
+        ref = {n: (p - 0.5 * gi).detach().requires_grad_() for (n, p), gi in zip(ref.items(), g)}
+    assert ces[3].item() == pytest.approx(G.lm_ce(model, ref, chunks[3]).item(), rel=1e-6)
+    assert all(torch.allclose(theta[n], ref[n], atol=1e-6) for n in ref)
+    start = dict(model.named_parameters())
+    assert max((theta[n] - start[n]).abs().max().item() for n in start) > 1e-3
+    none, theta_none = G.online_stream(model, "none", chunks, 0.5)
+    assert all(torch.equal(theta_none[n], start[n]) for n in start)
+    same = chunks[:1].expand(4, -1, -1)                            # a stream that repeats one chunk
+    learned, _ = G.online_stream(model, "ce", same, 0.5, loss_fn=G.ce_online_loss)
+    assert learned[-1] < learned[0] - 0.1                          # what theta keeps, it uses
+
+
+def test_online_gist_meta_keeps_theta_and_updates_phi():
+    model, chunks, phi, loss_fn = online_problem()
+    phi0 = {n: p.detach().clone() for n, p in phi.items()}
+    meta, theta_m = G.online_stream(model, "gist_meta", chunks, 0.5, phi=phi, loss_fn=loss_fn, meta_lr=0.05)
+    fixed, theta_f = G.online_stream(model, "gist_fixed", chunks, 0.5, phi=phi, loss_fn=loss_fn)
+    assert all(torch.equal(phi[n], phi0[n]) for n in phi)         # the caller's phi is not touched
+    start = dict(model.named_parameters())
+    # step 0: the same inner step for both; theta_1 is kept, so the CE of chunk 1 is the outer loss
+    _, outer, _ = G.meta_gradients(model, start, phi, chunks[0], chunks[1], 0.5, loss_fn)
+    assert meta[1].item() == pytest.approx(outer.item(), rel=1e-6) and fixed[1].item() == pytest.approx(outer.item(), rel=1e-6)
+    # theta moved; phi's online outer steps make the later inner steps differ from the frozen phi's
+    assert max((theta_m[n] - start[n]).abs().max().item() for n in start) > 1e-4
+    assert max((theta_m[n] - theta_f[n]).abs().max().item() for n in start) > 1e-7
+    assert not torch.equal(meta[2:], fixed[2:])
+
+
+def test_synthetic_corpora_make_the_context_decide_the_continuation():
+    rng = lambda: __import__("numpy").random.default_rng(0)
+    line = G.synthetic_line("repeat", rng(), 40, 6, 0, 0)
+    assert len(line) == 40 and all(line[i] == line[i + 6] for i in range(34)) and len(set(line[:6])) > 1
+    line = G.synthetic_line("letters", rng(), 400, 0, 5, 0)
+    assert len(line) == 400 and len(set(line)) == 5
+    line = G.synthetic_line("kv", rng(), 400, 0, 0, 4)
+    keys, vals = line[0::2], line[1::2]
+    assert keys.islower() and vals.isupper() and len(set(keys)) == 4
+    assert all(len({v for k2, v in zip(keys, vals) if k2 == k}) == 1 for k in set(keys))   # a map per line
+    args = G.check_args(G.Args(corpus="repeat", synth_chars=10_000, synth_line_len=99))
+    tr, va, src = G.synthetic_corpus(args)
+    assert len(tr) + len(va) == 100 * (10_000 // 100) and "synthetic repeat (P=8" in src
+    assert G.synthetic_corpus(args) == (tr, va, src)               # fixed by --corpus-seed
+    assert G.synthetic_corpus(G.check_args(G.Args(corpus="repeat", synth_chars=10_000, synth_line_len=99,
+                                                  corpus_seed=1)))[0] != tr
 
 
 def test_consecutive_chunks_overlap_by_one_token():
@@ -331,7 +538,7 @@ BAD_INPUTS = [
     (("--model-name-or-path", "empty_dir"), "--model-name-or-path 'empty_dir' could not be loaded"),
     (("--model-name-or-path", "bad_config"), "--model-name-or-path 'bad_config' could not be loaded"),
     (("--model-name-or-path", "config_only"), "--model-name-or-path 'config_only' could not be loaded"),
-    (("--model-name-or-path", "ckpt"), "the run needs 84 positions"),              # context of 64 only
+    (("--model-name-or-path", "ckpt"), "the run needs 76 positions"),              # context of 64 only
     (("--text-path", "short.txt", "--hf-dataset", "x"), "give at most one of --text-path and --hf-dataset"),
     (("--hf-dataset", "no/such_dataset"), "--hf-dataset"),
     # shapes
@@ -344,8 +551,18 @@ BAD_INPUTS = [
     (("--context-len", "1"), "--context-len must be at least 2"),
     (("--cont-len", "1"), "--cont-len must be at least 2"),
     (("--c-chunk-len", "0"), "--c-chunk-len must be at least 2"),
-    (("--a-head-tokens", "17"), "--a-head-tokens must lie in [1, --cont-len]"),
-    (("--a-head-tokens", "0"), "--a-head-tokens must lie in [1, --cont-len]"),
+    (("--a-head-tokens", "8"), "--a-head-tokens must lie in [1, --cont-len - 1]"),
+    (("--a-head-tokens", "0"), "--a-head-tokens must lie in [1, --cont-len - 1]"),
+    (("--corpus", "zipf"), "unknown --corpus 'zipf'"),
+    (("--corpus", "repeat", "--text-path", "short.txt"), "--corpus repeat is synthetic"),
+    (("--repeat-period", "0"), "--repeat-period must lie in [1, 1000]"),
+    (("--letters-support", "63"), "--letters-support must lie in [1, 62]"),
+    (("--kv-keys", "27"), "--kv-keys must lie in [1, 26]"),
+    (("--synth-chars", "100"), "--synth-chars at least two lines"),
+    (("--corpus-seed", "-1"), "--corpus-seed must lie in [0, 2**32)"),
+    (("--c-online-steps", "0"), "--c-online-steps must be positive"),
+    (("--c-online-rules", "sgd"), "unknown --c-online-rules"),
+    (("--corpus", "repeat", "--synth-chars", "1200", "--synth-line-len", "100"), "the corpus is too short"),
     (("--a-steps", "0"), "--a-steps must be positive"),
     (("--b-steps", "0"), "--b-steps must be positive"),
     (("--c-steps", "-1"), "--c-steps must be positive"),
@@ -384,7 +601,8 @@ BAD_INPUTS = [
     # buffers that cannot fit: refused with the estimate
     (("--batch-size", "100000000"), "GiB"),
     (("--n-embd", "65536", "--n-head", "64", "--n-kv-head", "64", "--n-layer", "64"), "GiB"),
-    (("--stage", "c", "--c-chunk-len", "4000", "--eval-inner-steps", "1", "--meta-batch-size", "1000"), "GiB"),
+    (("--stage", "c", "--c-chunk-len", "4000", "--eval-inner-steps", "1", "--c-online-steps", "1",
+      "--meta-batch-size", "1000"), "GiB"),
     # tyro's own parse box
     (("--n-head", "abc"), None),
     (("--no-such-flag", "1"), None),
@@ -420,8 +638,10 @@ def test_check_args_is_pure_and_one_line():
 
 
 def test_too_short_corpus_is_one_line():
-    args = G.check_args(G.Args(context_len=64, cont_len=16, c_chunk_len=32, eval_inner_steps=5))
+    args = G.check_args(G.Args(context_len=64, cont_len=16, c_chunk_len=32, eval_inner_steps=5, stage="a"))
     assert G.required_tokens(args) == 6 * 32 + 2                    # K + 1 consecutive chunks
+    with_c = G.check_args(G.Args(c_chunk_len=32, c_online_steps=100, stage="c"))
+    assert G.required_tokens(with_c) == 101 * 32 + 2                # the online stream
     ids = torch.zeros(G.required_tokens(args) - 1, dtype=torch.long)
     with pytest.raises(ValueError, match="the corpus is too short") as e:
         G.check_token_counts(ids, ids, G.required_tokens(args), "x")
@@ -464,15 +684,23 @@ def test_all_stages_write_every_output(tmp_path):
     steps = [r["step"] for r in rows]
     assert steps == sorted(steps)
     starts = [r for r in rows if r["stage"] == "a" and r["stage_step"] == 0]     # CE at the init, every mask
-    assert [r["step"] for r in starts] == [0, 6, 12] and all("a/train_loss" not in r for r in starts)
-    assert {r["a/mode"] for r in rows if r["stage"] == "a"} == {"gist", "full", "none"}
-    assert any("b/gist_spread_pred" in r for r in rows) and any("c/outer_ce" in r for r in rows)
+    assert [r["step"] for r in starts] == [0, 6, 12, 18] and all("a/train_loss" not in r for r in starts)
+    assert {r["a/mode"] for r in rows if r["stage"] == "a"} == {"gist", "full", "none", "neg"}
+    assert any("b/pair_cos_pred" in r for r in rows) and any("c/outer_ce" in r for r in rows)
+    c_rows = [r for r in rows if r["stage"] == "c" and "c/phi_gist_drift" in r]
+    assert all(r["c/phi_gist_drift"] > 0 for r in c_rows)                 # phi is learned at every meta step
+    assert len({r["c/loss_scale"] for r in c_rows}) == len(c_rows)
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["rows_logged"] == len(rows) and s["last_step"] == rows[-1]["step"]
-    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_retention", "a_retention_head", "a_ce_head_none", "a_fwd_masked_ratio", "b_val_ce_gist",
-                "b_val_ce_ce", "b_val_ce_none", "b_gist_spread_pred_final", "c_sec_per_meta_step",
-                "c_meta_vs_plain", "c_loss_scale_final", *(f"c_eval_gain_{r}" for r in G.EVAL_RULES)):
+    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_ce_neg", "a_retention", "a_retention_neg",
+                "a_retention_head", "a_ce_head_none", "a_gap_none_full", "a_gap_neg_full", "a_fwd_masked_ratio",
+                "b_val_ce_gist", "b_val_ce_ce", "b_val_ce_none", "b_pair_cos_pred_final", "b_eff_rank_true_final",
+                "b_grad_cos_ce_mean", "c_sec_per_meta_step", "c_meta_vs_plain", "c_loss_scale_final",
+                *(f"c_eval_gain_{r}" for r in G.EVAL_RULES), *(f"c_online_ce_{r}" for r in G.ONLINE_RULES)):
         assert key in s and s[key] is not None, key
+    assert s["a_gap_none_full"] == pytest.approx(s["a_ce_none"] - s["a_ce_full"])
+    assert s["c_online_gain_none"] == 0.0 and s["c_online_ce_gist_meta"] != s["c_online_ce_gist_fixed"]
+    assert -1 <= s["b_grad_cos_ce_mean"] <= 1 and s["b_grad_cos_ce_mean"] != 0
     assert s["a_retention"] == pytest.approx((s["a_ce_none"] - s["a_ce_gist"]) / (s["a_ce_none"] - s["a_ce_full"]))
     head = [r["a/val_head_ce"] for r in rows if "a/val_head_ce" in r]
     assert head and all(math.isfinite(h) for h in head)
