@@ -139,14 +139,20 @@ class Args:
     """phase 2 steps: LM CE against the critic's argmax targets"""
     torch_threads: int = 1
     """torch CPU threads; on a shared 2-core machine one is fastest"""
+    fresh_optimizer: bool = False
+    """a fresh AdamW (no moments) for phase 2 and for each guard meta phase, as the original does; False carries phase 1's AdamW state over"""
+    save_meta_at: tuple[int, ...] = ()
+    """meta steps at which phase 1 saves a checkpoint runs/{run}/meta_{step}.pt (model, optimizer, data stream) for --init-meta"""
+    init_meta: Optional[str] = None
+    """skip phase 1: start phase 2 from this meta checkpoint (--meta-steps is set to the checkpoint's)"""
 
     # ---- critic and mitigations ----
     critic: str = "frozen"
-    """phase-2 critic: online (the live model), frozen (copy at the start of phase 2), ema (EMA copy)"""
+    """phase-2 critic: online (the live model), frozen (copy at the start of phase 2), ema (EMA copy), truth (control: CE on the true tokens, no critic)"""
     ema_decay: float = 0.99
     """d in theta' <- d theta' + (1 - d) theta (--critic ema)"""
-    adversarial: bool = False
-    """phase 1 also trains the critic on triples with perturbed predicted tokens (one extra critic pass)"""
+    adversarial: str = "none"
+    """phase 1 also trains the critic, target y, on triples with other predicted tokens: none, noise (random / hot samples), hotflip (tokens chosen against the critic)"""
     adv_random: float = 0.5
     """adversarial triples: probability that p_i is a uniform random token instead of a sample"""
     adv_temperature: float = 2.0
@@ -159,6 +165,14 @@ class Args:
     """delta: nats of validation CE above the phase-2 best that count as a rise"""
     hack_patience: int = 3
     """k: consecutive evaluations the rise must last"""
+    hack_agree_drop: Optional[float] = None
+    """the detector also fires when critic-truth agreement stays this far below its phase-2 start for k evaluations; None: off"""
+    guard_signal: str = "oracle"
+    """what the guard watches: oracle (detect_hack on held-out CE, true labels) or label_free (collapse of the critic-target entropy)"""
+    lf_entropy_drop: float = 0.5
+    """label-free detector: nats the entropy of the critic-target histogram must stay below its segment start for k evaluations"""
+    save_models: bool = False
+    """save_pretrained model + tokenizer at the start of phase 2 (model_phase2_start/) and when the detector first fires (model_at_detection/)"""
 
     # ---- evaluation ----
     eval_every: int = 25
@@ -187,7 +201,9 @@ class Args:
     """tokens in the validation split"""
 
 
-CRITICS = ("online", "frozen", "ema")
+CRITICS = ("online", "frozen", "ema", "truth")
+ADVERSARIAL = ("none", "noise", "hotflip")
+GUARD_SIGNALS = ("oracle", "label_free")
 SPECIALS = ("[LOSS]",)
 PROMPT_LEN = 16
 
@@ -197,6 +213,16 @@ def finalize_args(args: Args) -> Args:
     one-line reason, raised before any run folder exists."""
     if args.critic not in CRITICS:
         raise ValueError(f"unknown --critic {args.critic!r}; choose one of {', '.join(CRITICS)}")
+    if args.adversarial not in ADVERSARIAL:
+        raise ValueError(f"unknown --adversarial {args.adversarial!r}; choose one of {', '.join(ADVERSARIAL)}")
+    if args.guard_signal not in GUARD_SIGNALS:
+        raise ValueError(f"unknown --guard-signal {args.guard_signal!r}; choose one of {', '.join(GUARD_SIGNALS)}")
+    if args.hack_guard and args.critic == "truth":
+        raise ValueError("--hack-guard needs a critic; --critic truth is the true-label control")
+    if args.hack_agree_drop is not None and not (math.isfinite(args.hack_agree_drop) and args.hack_agree_drop > 0):
+        raise ValueError(f"--hack-agree-drop must be a finite number > 0 or None, got {args.hack_agree_drop}")
+    if not (math.isfinite(args.lf_entropy_drop) and args.lf_entropy_drop > 0):
+        raise ValueError(f"--lf-entropy-drop must be a finite number > 0, got {args.lf_entropy_drop}")
     flag = lambda name: "--" + name.replace("_", "-")
     for name in ("block_size", "batch_size", "meta_steps", "eval_every", "eval_windows", "torch_threads",
                  "hack_patience", "sample_tokens", "n_embd", "n_layer", "n_head", "n_kv_head", "vocab_size"):
@@ -233,6 +259,11 @@ def finalize_args(args: Args) -> Args:
     if (args.n_embd // args.n_head) % 2:
         raise ValueError(f"the head width --n-embd / --n-head = {args.n_embd // args.n_head} must be even (RoPE "
                          "rotates pairs of channels)")
+    for m in args.save_meta_at:
+        if not 1 <= m <= args.meta_steps:
+            raise ValueError(f"--save-meta-at {m} must lie in [1, --meta-steps {args.meta_steps}]")
+    if args.init_meta is not None and args.save_meta_at:
+        raise ValueError("--init-meta skips phase 1, so --save-meta-at has nothing to save")
     if args.sample_prompts > args.eval_windows:
         raise ValueError(f"--sample-prompts {args.sample_prompts} exceeds --eval-windows {args.eval_windows} "
                          "(the prompts are the first validation windows)")
@@ -250,6 +281,13 @@ def finalize_args(args: Args) -> Args:
     if args.model_name_or_path is not None and not os.path.isdir(args.model_name_or_path):
         raise ValueError(f"--model-name-or-path {args.model_name_or_path!r} is not a folder (only local "
                          "checkpoints are loaded)")
+    if args.init_meta is not None:
+        ckpt = load_meta_checkpoint(args.init_meta)
+        for k, v in ckpt["fields"].items():
+            if getattr(args, k) != v:
+                raise ValueError(f"--init-meta {args.init_meta!r} was made with --{k.replace('_', '-')} {v}, "
+                                 f"this run has {getattr(args, k)}")
+        args.meta_steps, args.adversarial = ckpt["meta_steps"], ckpt["adversarial"]
     args.critic_len = 3 * args.block_size
     check_inputs(args)
     return args
@@ -472,26 +510,63 @@ def adversarial_predictions(logits: torch.Tensor, banned: torch.Tensor, p_random
     return torch.where(use_random, random_tok, sampled)
 
 
-def meta_loss(model, x, y, loss_id: int, banned, adversarial: bool = False, adv_random: float = 0.5,
+def hotflip_predictions(model, pred: torch.Tensor, true: torch.Tensor, loss_id: int, banned) -> torch.Tensor:
+    """Predicted tokens chosen against the critic (HotFlip, first order): with e the input embeddings of
+    the critic sequence c(pred, true) and G = dCE(g, y)/de at the predicted-token slots, each slot i
+    gets the allowed token v != y_i that most increases the critic's loss to first order,
+    argmax_v (E_v - E_{p_i}) . G_i. One critic forward and backward (no parameter gradients)."""
+    emb = model.get_input_embeddings().weight
+    seq = critic_input(pred, true, loss_id)
+    e = emb.detach()[seq].requires_grad_(True)
+    logits = model(inputs_embeds=e, use_cache=False).logits[:, loss_positions(true.shape[1], true.device)]
+    (grad,) = torch.autograd.grad(cross_entropy(logits, true), e)
+    g = grad[:, 0::3]                                                   # (B, L, d) at the p_i slots
+    scores = g @ emb.detach().T - (g * emb.detach()[pred]).sum(-1, keepdim=True)
+    scores = scores.masked_fill(banned, float("-inf")).scatter(-1, true.unsqueeze(-1), float("-inf"))
+    return scores.argmax(-1)
+
+
+def meta_loss(model, x, y, loss_id: int, banned, adversarial: str = "none", adv_random: float = 0.5,
               adv_temperature: float = 2.0):
-    """Phase 1: (total, LM CE, critic CE, adversarial critic CE or 0) on windows x -> y, (B, L) each."""
+    """Phase 1: (total, LM CE, critic CE, adversarial critic CE or 0) on windows x -> y, (B, L) each.
+    adversarial: none; noise (adversarial_predictions: random tokens / hot samples of the LM); hotflip
+    (hotflip_predictions on the LM's argmax: tokens chosen against the critic). Target y in every case."""
     logits = lm_logits(model, x)
     lm = cross_entropy(logits, y)
-    critic = cross_entropy(critic_logits(model, masked_argmax(logits.detach(), banned), y, loss_id), y)
+    pred = masked_argmax(logits.detach(), banned)
+    critic = cross_entropy(critic_logits(model, pred, y, loss_id), y)
     adv = torch.zeros((), device=x.device)
-    if adversarial:
-        drifted = adversarial_predictions(logits, banned, adv_random, adv_temperature)
+    if adversarial != "none":
+        if adversarial == "noise":
+            drifted = adversarial_predictions(logits, banned, adv_random, adv_temperature)
+        elif adversarial == "hotflip":
+            drifted = hotflip_predictions(model, pred, y, loss_id, banned)
+        else:
+            raise ValueError(f"unknown adversarial mode {adversarial!r}")
         adv = cross_entropy(critic_logits(model, drifted, y, loss_id), y)
     return lm + critic + adv, lm, critic, adv
 
 
 def self_loss(model, critic, x, y, loss_id: int, banned):
     """Phase 2: (CE(f(x), t), fraction t == y), t = the critic's argmax targets computed without gradient.
-    `critic` may be `model` itself (online critic): the targets then come from the current weights."""
+    `critic` may be `model` itself (online critic): the targets then come from the current weights.
+    critic None is the true-label control: t = y (plain LM training on the same batches)."""
     logits = lm_logits(model, x)
+    if critic is None:
+        return cross_entropy(logits, y), torch.ones((), device=x.device)
     with torch.no_grad():
         targets = masked_argmax(critic_logits(critic, masked_argmax(logits.detach(), banned), y, loss_id), banned)
     return cross_entropy(logits, targets), (targets == y).float().mean()
+
+
+def make_critic(model: nn.Module, mode: str) -> Optional[nn.Module]:
+    """The phase-2 critic: the live model (online), an independent copy of it (frozen, ema; no shared
+    storage), or None (truth: no critic)."""
+    if mode == "online":
+        return model
+    if mode == "truth":
+        return None
+    return copy.deepcopy(model).requires_grad_(False)
 
 
 @torch.no_grad()
@@ -503,15 +578,36 @@ def ema_update_(target: nn.Module, source: nn.Module, decay: float) -> None:
         tb.copy_(sb)
 
 
-def detect_hack(val_ce, self_losses, delta: float, k: int) -> Optional[int]:
+def detect_hack(val_ce, self_losses, delta: float, k: int, agreement=None, agree_drop: Optional[float] = None
+                ) -> Optional[int]:
     """Index j of the first evaluation (j >= 1) after which validation CE stays more than delta above
     its best so far for k evaluations (c_j..c_{j+k-1} > min(c_0..c_{j-1}) + delta) while the self
-    loss fell below its value at that best (l_{j+k-1} < l_b, b = argmin c_0..c_{j-1}). None if never."""
+    loss fell below its value at that best (l_{j+k-1} < l_b, b = argmin c_0..c_{j-1}); or, with
+    agree_drop, after which the critic-truth agreement stays below a_0 - agree_drop for k
+    evaluations. None if neither ever happens."""
     for j in range(1, len(val_ce) - k + 1):
         b = int(np.argmin(val_ce[:j]))
         if all(c > val_ce[b] + delta for c in val_ce[j:j + k]) and self_losses[j + k - 1] < self_losses[b]:
             return j
+        if agree_drop is not None and all(a < agreement[0] - agree_drop for a in agreement[j:j + k]):
+            return j
     return None
+
+
+def detect_label_free(target_entropy, drop: float, k: int) -> Optional[int]:
+    """Label-free detector: index j of the first evaluation (j >= 1) from which the entropy of the
+    critic-target histogram stays more than `drop` nats below its value at evaluation 0 for k
+    evaluations (the targets collapse onto a few tokens). None if never."""
+    for j in range(1, len(target_entropy) - k + 1):
+        if all(h < target_entropy[0] - drop for h in target_entropy[j:j + k]):
+            return j
+    return None
+
+
+def histogram_entropy(tokens: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Entropy (nats) of the empirical distribution of the token ids in `tokens`."""
+    p = torch.bincount(tokens.flatten(), minlength=n_rows).float() / tokens.numel()
+    return -(p * torch.log(p.clamp_min(1e-30))).sum()
 
 
 def kl_from_reference(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -800,22 +896,34 @@ def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") ->
 # Evaluation and plots
 # ==================================================================================================
 @torch.no_grad()
-def evaluate(model, critic, ref, val_x, val_y, loss_id: int, banned) -> dict:
+def critic_targets(model, critic, x, y, loss_id: int, banned):
+    """(LM logits, the LM's argmax p, the critic's argmax targets t) on windows x -> y; critic None
+    (the truth control) is evaluated with the live model as its critic."""
+    logits = lm_logits(model, x)
+    pred = masked_argmax(logits, banned)
+    return logits, pred, masked_argmax(critic_logits(model if critic is None else critic, pred, y, loss_id), banned)
+
+
+@torch.no_grad()
+def evaluate(model, critic, ref, val_x, val_y, loss_id: int, banned, prefix: str = "val/") -> dict:
     """Held-out numbers on fixed validation windows (one host sync): true CE, the self loss (CE of
-    the LM against `critic`'s targets), the critic's agreement with the true token, and the KL of
-    the LM from `ref` (the phase-2 starting model; None in phase 1)."""
+    the LM against `critic`'s targets), the critic's agreement with the true token, the label-free
+    signals (entropy of the critic-target histogram, echo rate: fraction of targets equal to the
+    LM's own prediction p), and the KL of the LM from `ref` (the phase-2 starting model; None in
+    phase 1)."""
     was_training = model.training
     model.eval()
-    logits = lm_logits(model, val_x)
-    targets = masked_argmax(critic_logits(critic, masked_argmax(logits, banned), val_y, loss_id), banned)
-    vals = [cross_entropy(logits, val_y), cross_entropy(logits, targets), (targets == val_y).float().mean()]
+    logits, pred, targets = critic_targets(model, critic, val_x, val_y, loss_id, banned)
+    vals = [cross_entropy(logits, val_y), cross_entropy(logits, targets), (targets == val_y).float().mean(),
+            histogram_entropy(targets, banned.shape[0]), (targets == pred).float().mean()]
     if ref is not None:
         vals.append(kl_from_reference(logits, lm_logits(ref, val_x)))
     vals = torch.stack(vals).tolist()
     model.train(was_training)
-    out = {"val/ce": vals[0], "val/self_loss": vals[1], "val/critic_agreement": vals[2]}
+    out = {f"{prefix}ce": vals[0], f"{prefix}self_loss": vals[1], f"{prefix}critic_agreement": vals[2],
+           f"{prefix}target_entropy": vals[3], f"{prefix}echo_rate": vals[4]}
     if ref is not None:
-        out["val/kl_from_start"] = vals[3]
+        out[f"{prefix}kl_from_start"] = vals[5]
     return out
 
 
@@ -935,7 +1043,7 @@ def estimate_memory(args: Args, n_params: int, n_rows: int, width: int, layers: 
     layer) and the attention scores of one layer; the evaluation's logits. Defaults at --block-size
     512: 2.2 GiB estimated, 2.1 GiB measured (peak RSS of one meta step)."""
     L, B, V = args.block_size, args.batch_size, n_rows
-    critic_passes = 2 if args.adversarial else 1
+    critic_passes = {"none": 1, "noise": 2, "hotflip": 3}[args.adversarial]
     positions = B * (L + 3 * L * critic_passes)
     weights = (6 + (3 if args.hack_guard else 0)) * n_params
     logits = 3 * positions * V
@@ -980,8 +1088,10 @@ def prepare(args: Args, device: torch.device):
 @dataclass
 class RunState:
     """What the phases share, passed explicitly: the model and its optimizer, the training tokens and
-    their generator, the fixed validation windows and prompts, the ids never produced, the log, the
-    optimizer steps taken so far (`step`, both phases) and the evaluation rows."""
+    their generator, the fixed validation windows (reported) and the guard's own windows (the guard
+    detects and picks its rollback point on these, never on the reported ones), the prompts, the
+    ids never produced, the log, the optimizer steps taken so far (`step`, both phases), the
+    evaluation rows, and the snapshots written (save_pretrained folders and target histograms)."""
     args: Args
     log: RunLog
     tok: LMTokenizer
@@ -991,12 +1101,15 @@ class RunState:
     data_gen: torch.Generator
     val_x: torch.Tensor
     val_y: torch.Tensor
+    guard_x: torch.Tensor
+    guard_y: torch.Tensor
     prompts: torch.Tensor
     banned: torch.Tensor
     banned_ids: list
     device: torch.device
     step: int = 0
     rows: list = field(default_factory=list)
+    snapshots: dict = field(default_factory=dict)
 
 
 def all_finite(values: torch.Tensor) -> bool:
@@ -1006,6 +1119,10 @@ def all_finite(values: torch.Tensor) -> bool:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def new_optimizer(model: nn.Module, args: Args, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
 
 
 def train_batch(rs: RunState):
@@ -1023,11 +1140,15 @@ def optimizer_step(rs: RunState, loss: torch.Tensor) -> None:
 
 def record(rs: RunState, phase: int, self_step: int, critic, ref, train_row: dict, t_steps: float,
            n_steps: int) -> dict:
-    """Evaluation: held-out numbers and greedy samples; logs one row at rs.step, prints a progress line,
-    and returns the row (with the step and a decoded sample) after appending it to rs.rows."""
+    """Evaluation: held-out numbers (and, with --hack-guard, the same on the guard's windows as guard/*)
+    and greedy samples; logs one row at rs.step, prints a progress line, and returns the row (with the
+    step and a decoded sample) after appending it to rs.rows."""
     args = rs.args
+    eval_critic = rs.model if phase == 1 else critic
     row = {"phase": phase, "self_step": self_step, **train_row,
-           **evaluate(rs.model, critic, ref, rs.val_x, rs.val_y, args.loss_id, rs.banned)}
+           **evaluate(rs.model, eval_critic, ref, rs.val_x, rs.val_y, args.loss_id, rs.banned)}
+    if args.hack_guard and phase == 2:
+        row.update(evaluate(rs.model, eval_critic, None, rs.guard_x, rs.guard_y, args.loss_id, rs.banned, "guard/"))
     if n_steps:
         row["perf/train_tokens_per_s"] = n_steps * args.batch_size * args.block_size / max(t_steps, 1e-9)
         row["perf/ms_per_step"] = 1000 * t_steps / n_steps
@@ -1040,14 +1161,42 @@ def record(rs: RunState, phase: int, self_step: int, critic, ref, train_row: dic
     row = {"step": rs.step, **row}
     rs.rows.append(row)
     print(f"phase {phase} step {rs.step:5d} self {self_step:4d}  val CE {row['val/ce']:.3f}  self loss "
-          f"{row['val/self_loss']:.3f}  agree {row['val/critic_agreement']:.3f}"
-          + (f"  {row['perf/train_tokens_per_s']:.0f} tok/s" if n_steps else ""), flush=True)
+          f"{row['val/self_loss']:.3f}  agree {row['val/critic_agreement']:.3f}  target H "
+          f"{row['val/target_entropy']:.2f}" + (f"  {row['perf/train_tokens_per_s']:.0f} tok/s" if n_steps else ""),
+          flush=True)
     return row
 
 
+META_FIELDS = ("n_embd", "n_layer", "n_head", "n_kv_head", "block_size", "tokenizer", "vocab_size",
+               "model_name_or_path", "text_path", "hf_dataset", "val_fraction", "seed")
+
+
+def save_meta_checkpoint(rs: RunState, meta_step: int) -> str:
+    """runs/{run}/meta_{step}.pt: weights, AdamW state, the data and torch RNG streams and the phase-1
+    rows, so that --init-meta continues exactly as the uninterrupted run would."""
+    path = os.path.join(rs.log.run_dir, f"meta_{meta_step}.pt")
+    torch.save({"meta_steps": meta_step, "adversarial": rs.args.adversarial,
+                "fields": {k: getattr(rs.args, k) for k in META_FIELDS},
+                "model": rs.model.state_dict(), "optimizer": rs.optimizer.state_dict(),
+                "data_gen": rs.data_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "rows": [{k: v for k, v in r.items()} for r in rs.rows]}, path)
+    return path
+
+
+def load_meta_checkpoint(path: str) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any unreadable file becomes one line
+        raise ValueError(f"--init-meta {path!r} could not be loaded: {type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(ckpt, dict) or not {"meta_steps", "fields", "model", "optimizer", "data_gen"} <= set(ckpt):
+        raise ValueError(f"--init-meta {path!r} is not a meta checkpoint of self_critic_lm.py")
+    return ckpt
+
+
 def run_meta(rs: RunState, n: int, phase: int) -> str:
-    """n meta steps (LM CE + critic CE on true tokens); phase 1 evaluates every --eval-every steps.
-    Returns "ok", or the status of a non-finite loss (the rows before it are logged)."""
+    """n meta steps (LM CE + critic CE on true tokens); phase 1 evaluates every --eval-every steps and
+    at each --save-meta-at step (where it also saves a meta checkpoint). Returns "ok", or the status of
+    a non-finite loss (the rows before it are logged)."""
     args = rs.args
     acc, count, t0 = torch.zeros(4, device=rs.device), 0, time.time()
     for i in range(1, n + 1):
@@ -1057,7 +1206,8 @@ def run_meta(rs: RunState, n: int, phase: int) -> str:
         optimizer_step(rs, loss)
         acc += torch.stack([loss.detach(), lm.detach(), crit.detach(), adv.detach()])
         rs.step, count = rs.step + 1, count + 1
-        if i == n or (phase == 1 and i % args.eval_every == 0):
+        save_here = phase == 1 and i in args.save_meta_at
+        if i == n or save_here or (phase == 1 and i % args.eval_every == 0):
             m = (acc / count).tolist()
             if not all_finite(acc):
                 return f"non-finite loss at step {rs.step} (meta loss {m[0]})"
@@ -1065,6 +1215,8 @@ def run_meta(rs: RunState, n: int, phase: int) -> str:
                 record(rs, 1, 0, rs.model, None, {"train/meta_loss": m[0], "train/lm_ce": m[1],
                                                   "train/critic_ce": m[2], "train/adv_critic_ce": m[3]},
                        time.time() - t0, count)
+                if save_here:
+                    print(f"  meta checkpoint {save_meta_checkpoint(rs, i)}", flush=True)
             acc, count, t0 = torch.zeros(4, device=rs.device), 0, time.time()
     return "ok"
 
@@ -1075,35 +1227,122 @@ def meta_phase(rs: RunState) -> str:
     return run_meta(rs, rs.args.meta_steps, 1)
 
 
+def byte_backend():
+    """A `tokenizers` Tokenizer whose ids are the bytes 0-255 (byte-level alphabet, no merges), so the
+    byte tokenizer can be saved with save_pretrained; the specials are added after it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    chars = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + \
+        list(range(ord("\xae"), ord("\xff") + 1))
+    byte_to_char, extra = {}, 0
+    for b in range(256):                              # GPT-2's bytes_to_unicode
+        if b in chars:
+            byte_to_char[b] = chr(b)
+        else:
+            byte_to_char[b], extra = chr(256 + extra), extra + 1
+    backend = Tokenizer(models.BPE(vocab={byte_to_char[b]: b for b in range(256)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def save_pretrained_snapshot(rs: RunState, name: str, self_step: int, critic) -> str:
+    """runs/{run}/{name}/: the model and the tokenizer with save_pretrained (AutoModelForCausalLM and
+    AutoTokenizer load them with from_pretrained), and report.json with the greedy samples of every
+    prompt and the critic-target / LM-prediction histograms on the validation windows."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = os.path.join(rs.log.run_dir, name)
+    rs.model.save_pretrained(path)
+    backend = rs.tok.backend
+    if backend is None:
+        backend = byte_backend()
+        backend.add_special_tokens(list(SPECIALS))
+    PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(path)
+    report = {"self_step": self_step, "step": rs.step, **token_histograms(rs, critic)}
+    if rs.args.sample_prompts:
+        gen, _ = greedy_samples(rs.model, rs.prompts, rs.args.sample_tokens, rs.banned_ids)
+        report["samples"] = [rs.tok.decode(p.tolist()) + " ||| " + rs.tok.decode(g) for p, g in zip(rs.prompts, gen)]
+    write_json(os.path.join(path, "report.json"), report)
+    return path
+
+
+@torch.no_grad()
+def token_histograms(rs: RunState, critic, top: int = 12) -> dict:
+    """The most frequent critic targets, LM predictions and true tokens on the validation windows, as
+    [decoded token, fraction], and the entropy of the target histogram."""
+    was_training = rs.model.training
+    rs.model.eval()
+    _, pred, targets = critic_targets(rs.model, critic, rs.val_x, rs.val_y, rs.args.loss_id, rs.banned)
+    rs.model.train(was_training)
+    out = {}
+    for name, t in (("targets", targets), ("lm_predictions", pred), ("true_tokens", rs.val_y)):
+        counts = torch.bincount(t.flatten(), minlength=rs.banned.shape[0])
+        order = counts.argsort(descending=True)[:top].tolist()
+        out[f"{name}_top"] = [[rs.tok.decode([i]), counts[i].item() / t.numel()] for i in order if counts[i] > 0]
+    out["target_entropy"] = histogram_entropy(targets, rs.banned.shape[0]).item()
+    return out
+
+
+def snapshot(rs: RunState, name: str, self_step: int, critic) -> None:
+    """Histograms (always) and, with --save-models, the save_pretrained folder, kept in rs.snapshots."""
+    snap = {"self_step": self_step, "step": rs.step, **token_histograms(rs, critic)}
+    if rs.args.save_models:
+        snap["path"] = save_pretrained_snapshot(rs, name, self_step, critic)
+    rs.snapshots[name] = snap
+
+
+def guard_detect(args: Args, segment: list[dict]) -> Optional[int]:
+    """The guard's detector on the guard windows of the current segment: oracle (detect_hack on guard
+    CE, self loss and agreement) or label_free (detect_label_free on the critic-target entropy)."""
+    if args.guard_signal == "label_free":
+        return detect_label_free([r["guard/target_entropy"] for r in segment], args.lf_entropy_drop,
+                                 args.hack_patience)
+    return detect_hack([r["guard/ce"] for r in segment], [r["guard/self_loss"] for r in segment], args.hack_delta,
+                       args.hack_patience, [r["guard/critic_agreement"] for r in segment], args.hack_agree_drop)
+
+
 def guard_restore(rs: RunState, best_state, critic) -> str:
-    """The hack guard: restore the segment's best weights and optimizer state, run --guard-meta-steps
-    meta steps on true labels, re-take the critic copy. Returns the status of the meta steps."""
+    """The hack guard: restore the rollback weights (and optimizer state, unless --fresh-optimizer makes
+    a new AdamW for the meta steps), run --guard-meta-steps meta steps on true labels, re-take the
+    critic copy. Returns the status of the meta steps."""
     args = rs.args
     rs.model.load_state_dict(best_state[0])
-    rs.optimizer.load_state_dict(best_state[1])
-    set_lr(rs.optimizer, args.learning_rate)
+    if args.fresh_optimizer:
+        rs.optimizer = new_optimizer(rs.model, args, args.learning_rate)
+    else:
+        rs.optimizer.load_state_dict(best_state[1])
+        set_lr(rs.optimizer, args.learning_rate)
     status = run_meta(rs, args.guard_meta_steps, 2)
     if status != "ok":
         return status
+    if args.fresh_optimizer:
+        rs.optimizer = new_optimizer(rs.model, args, args.self_learning_rate)
     set_lr(rs.optimizer, args.self_learning_rate)
-    if args.critic != "online":
+    if critic is not None and critic is not rs.model:
         critic.load_state_dict(rs.model.state_dict())
-    print(f"  hack guard: restored the best weights, {args.guard_meta_steps} meta steps, critic re-taken", flush=True)
+    print(f"  hack guard: restored the rollback weights, {args.guard_meta_steps} meta steps, critic re-taken",
+          flush=True)
     return status
 
 
 def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
-    """Phase 2: --self-steps self steps against the critic's argmax targets, evaluated at
-    phase2_eval_steps; with --hack-guard the detector runs at every evaluation. Returns (status, the
-    phase-2 evaluation rows, the steps at which the guard restored)."""
-    args, model, optimizer = rs.args, rs.model, rs.optimizer
+    """Phase 2: --self-steps self steps against the critic's argmax targets (or the true tokens with
+    --critic truth), evaluated at phase2_eval_steps. The detector runs on the reported windows at every
+    evaluation (its first firing is snapshotted); with --hack-guard the guard's detector runs on the
+    guard windows. Returns (status, the phase-2 evaluation rows, the steps at which the guard restored)."""
+    args, model = rs.args, rs.model
     status = "ok"
-    set_lr(optimizer, args.self_learning_rate)
+    if args.fresh_optimizer:
+        rs.optimizer = new_optimizer(model, args, args.self_learning_rate)
+    set_lr(rs.optimizer, args.self_learning_rate)
     ref = copy.deepcopy(model).eval().requires_grad_(False)          # the phase-2 starting model (KL)
-    critic = model if args.critic == "online" else copy.deepcopy(ref)  # frozen/ema: a copy of the start
+    critic = make_critic(model, args.critic)                          # frozen/ema: a copy of the start
+    if critic is not None and critic is not model:
+        critic.eval()
     eval_at = set(phase2_eval_steps(args.self_steps, args.eval_every))
     guard_steps, hack_rows, segment = [], [], []     # segment: phase-2 evals since the last guard restore
-    best_state = None
+    best_state, detected = None, False
     acc, count, t0 = torch.zeros(2, device=rs.device), 0, time.time()
     for self_step in range(0, args.self_steps + 1):
         if self_step > 0:
@@ -1125,19 +1364,27 @@ def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
         row = record(rs, 2, self_step, critic, ref, {**train_row, "guard/restores": len(guard_steps)}, dt, count)
         hack_rows.append(row)
         segment.append(row)
-        if args.hack_guard and (len(segment) == 1 or row["val/ce"] <= min(r["val/ce"] for r in segment[:-1])):
-            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
-        if args.hack_guard and self_step < args.self_steps and detect_hack(
-                [r["val/ce"] for r in segment], [r["val/self_loss"] for r in segment], args.hack_delta,
-                args.hack_patience) is not None:
+        if self_step == 0:
+            snapshot(rs, "model_phase2_start", 0, critic)
+        if not detected and detect_hack([r["val/ce"] for r in hack_rows], [r["val/self_loss"] for r in hack_rows],
+                                        args.hack_delta, args.hack_patience,
+                                        [r["val/critic_agreement"] for r in hack_rows], args.hack_agree_drop) is not None:
+            detected = True
+            snapshot(rs, "model_at_detection", self_step, critic)
+        if args.hack_guard and (len(segment) == 1 or (args.guard_signal == "oracle" and row["guard/ce"] <= min(
+                r["guard/ce"] for r in segment[:-1]))):
+            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(rs.optimizer.state_dict()))
+        if args.hack_guard and self_step < args.self_steps and guard_detect(args, segment) is not None:
             guard_steps.append(rs.step)
             status = guard_restore(rs, best_state, critic)
             if status != "ok":
                 break
             segment = [record(rs, 2, self_step, critic, ref, {"guard/restores": len(guard_steps)}, 0.0, 0)]
             hack_rows.append(segment[0])
-            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+            best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(rs.optimizer.state_dict()))
         acc, count, t0 = torch.zeros(2, device=rs.device), 0, time.time()
+    if hack_rows:
+        snapshot(rs, "model_end", hack_rows[-1]["self_step"], critic)
     return status, hack_rows, guard_steps
 
 
@@ -1146,7 +1393,9 @@ def summarize(rs: RunState, status: str, phase1_ce: float, hack_rows: list[dict]
     """Hack detection on the whole phase-2 curve and the run's summary."""
     args, rows = rs.args, rs.rows
     ce_curve = [(r["self_step"], r["step"], r["val/ce"], r["val/self_loss"]) for r in hack_rows]
-    j = detect_hack([c[2] for c in ce_curve], [c[3] for c in ce_curve], args.hack_delta, args.hack_patience)
+    j = detect_hack([c[2] for c in ce_curve], [c[3] for c in ce_curve], args.hack_delta, args.hack_patience,
+                    [r["val/critic_agreement"] for r in hack_rows], args.hack_agree_drop)
+    lf = detect_label_free([r["val/target_entropy"] for r in hack_rows], args.lf_entropy_drop, args.hack_patience)
     hack_self_step = None if j is None else ce_curve[j][0]
     hack_global = None if j is None else ce_curve[j][1]
     samples = {}
@@ -1159,18 +1408,28 @@ def summarize(rs: RunState, status: str, phase1_ce: float, hack_rows: list[dict]
     p2 = [c[2] for c in ce_curve]
     return {
         "status": status, "critic": args.critic, "ema_decay": args.ema_decay, "adversarial": args.adversarial,
-        "hack_guard": args.hack_guard, "meta_steps": args.meta_steps, "self_steps": args.self_steps,
+        "hack_guard": args.hack_guard, "guard_signal": args.guard_signal, "meta_steps": args.meta_steps,
+        "self_steps": args.self_steps, "init_meta": args.init_meta, "fresh_optimizer": args.fresh_optimizer,
+        "learning_rate": args.learning_rate, "self_learning_rate": args.self_learning_rate,
         "seed": args.seed, "n_params": args.n_params, "n_vocab": args.n_vocab, "corpus": args.corpus,
         "tokenizer": rs.tok.kind, "tokenizer_path": tokenizer_path, "model_resized_from": model_info["resized_from"],
         "hack_step": hack_self_step, "hack_global_step": hack_global,
-        "hack_rule": f"val CE > best + {args.hack_delta} for {args.hack_patience} evals while self loss < at best",
+        "hack_rule": f"val CE > best + {args.hack_delta} for {args.hack_patience} evals while self loss < at best"
+                     + ("" if args.hack_agree_drop is None else
+                        f", or critic agreement < start - {args.hack_agree_drop} for {args.hack_patience} evals"),
+        "label_free_step": None if lf is None else ce_curve[lf][0],
+        "critic_agreement_start": hack_rows[0]["val/critic_agreement"] if hack_rows else None,
+        "target_entropy_start": hack_rows[0]["val/target_entropy"] if hack_rows else None,
         "val_ce_start": rows[0]["val/ce"] if rows else None, "val_ce_end_phase1": phase1_ce if rows else None,
         "val_ce_phase2_best": min(p2) if p2 else None, "val_ce_end": p2[-1] if p2 else None,
         "val_ce_end_minus_phase1": (p2[-1] - phase1_ce) if p2 else None,
         "critic_agreement_end": hack_rows[-1]["val/critic_agreement"] if hack_rows else None,
         "kl_from_start_end": hack_rows[-1].get("val/kl_from_start") if hack_rows else None,
         "guard_restores": len(guard_steps), "guard_steps": guard_steps,
-        "ce_curve": [{"self_step": s, "step": g, "val_ce": c, "self_loss": sl} for s, g, c, sl in ce_curve],
+        "ce_curve": [{"self_step": s, "step": g, "val_ce": c, "self_loss": sl, "agreement": r["val/critic_agreement"],
+                      "target_entropy": r["val/target_entropy"], "echo_rate": r["val/echo_rate"]}
+                     for (s, g, c, sl), r in zip(ce_curve, hack_rows)],
+        "snapshots": rs.snapshots,
         "train_tokens_per_s_phase1": median_of(rows, 1, "perf/train_tokens_per_s"),
         "train_tokens_per_s_phase2": median_of(rows, 2, "perf/train_tokens_per_s"),
         "ms_per_meta_step": median_of(rows, 1, "perf/ms_per_step"),
@@ -1195,18 +1454,32 @@ def train(args: Args, log: RunLog) -> dict:
     banned[list(tok.special_ids.values())] = True
     banned[tok.n_vocab:] = True
     eval_batch = sample_windows(val_ids, args.eval_windows, args.block_size + 1, torch.Generator().manual_seed(0))
+    guard_batch = sample_windows(val_ids, args.eval_windows, args.block_size + 1, torch.Generator().manual_seed(1))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = new_optimizer(model, args, args.learning_rate)
     rs = RunState(args=args, log=log, tok=tok, model=model, optimizer=optimizer, train_ids=train_ids,
                   data_gen=torch.Generator().manual_seed(args.seed), val_x=eval_batch[:, :-1],
-                  val_y=eval_batch[:, 1:], prompts=eval_batch[:args.sample_prompts, :PROMPT_LEN], banned=banned,
+                  val_y=eval_batch[:, 1:], guard_x=guard_batch[:, :-1], guard_y=guard_batch[:, 1:],
+                  prompts=eval_batch[:args.sample_prompts, :PROMPT_LEN], banned=banned,
                   banned_ids=banned.nonzero().squeeze(-1).tolist(), device=device)
     start = time.time()
 
-    # ---- phase 1: meta training (LM CE + critic CE on true tokens) ----
+    # ---- phase 1: meta training (LM CE + critic CE on true tokens), or its saved checkpoint ----
     print(f"{log.run_name}: {args.n_params:,} params, vocab {args.n_vocab}, corpus {args.corpus}, "
           f"{args.train_tokens:,} train / {args.val_tokens:,} val tokens; critic {args.critic}", flush=True)
-    status = meta_phase(rs)
+    if args.init_meta is None:
+        status = meta_phase(rs)
+    else:
+        ckpt = load_meta_checkpoint(args.init_meta)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rs.data_gen.set_state(ckpt["data_gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        rs.step, status = ckpt["meta_steps"], "ok"
+        for row in ckpt["rows"]:                              # phase 1's rows, as the original run logged them
+            log.log(row["step"], {k: v for k, v in row.items() if k not in ("step", "_sample")})
+            rs.rows.append(row)
+        print(f"  phase 1 from {args.init_meta} ({ckpt['meta_steps']} meta steps)", flush=True)
     meta_end, phase1_ce = rs.step, rs.rows[-1]["val/ce"]
 
     # ---- phase 2: self training against the critic's argmax targets ----

@@ -1,5 +1,5 @@
 """Speed of self_critic_lm.py's steps on this machine: a plain LM training step, a phase-1 meta step
-(with and without adversarial triples), a phase-2 self step (frozen critic: one extra forward of the
+(without, with noise and with hotflip adversarial triples), a phase-2 self step (frozen critic: one extra forward of the
 3L-token critic sequence under no_grad) on the same batch, and greedy generation with the KV cache.
 
     python benchmark/self_critic_speed.py --torch-threads 1 --repeats 20
@@ -59,7 +59,12 @@ def main():
         "plain LM step (CE vs y)": lambda: update(S.cross_entropy(S.lm_logits(model, x), y)),
         "phase-2 self step (frozen critic)": lambda: update(S.self_loss(model, critic, x, y, args.loss_id, banned)[0]),
         "phase-1 meta step": lambda: update(S.meta_loss(model, x, y, args.loss_id, banned)[0]),
-        "phase-1 meta step, adversarial": lambda: update(S.meta_loss(model, x, y, args.loss_id, banned, True)[0]),
+        "phase-1 meta step, adversarial noise": lambda: update(S.meta_loss(model, x, y, args.loss_id, banned,
+                                                                            "noise")[0]),
+        "phase-1 meta step, adversarial hotflip": lambda: update(S.meta_loss(model, x, y, args.loss_id, banned,
+                                                                              "hotflip")[0]),
+        "phase-2 step, truth control (no critic)": lambda: update(S.self_loss(model, None, x, y, args.loss_id,
+                                                                               banned)[0]),
     }
     tokens = args.batch_size * args.block_size
     print(f"{info['n_params']:,} params, batch {args.batch_size} x {args.block_size} tokens "

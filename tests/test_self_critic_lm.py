@@ -264,6 +264,15 @@ def input_files(tmp_path) -> dict:
     (("--vocab-size", "0"), "--vocab-size must be positive"),
     (("--seed", "-1"), "--seed must lie in [0, 2**32)"),
     (("--ema-decay", "1.5"), "--ema-decay must lie in [0, 1)"),
+    (("--adversarial", "True"), "unknown --adversarial 'True'"),
+    (("--guard-signal", "labels"), "unknown --guard-signal 'labels'"),
+    (("--critic", "truth", "--hack-guard", "True"), "--hack-guard needs a critic"),
+    (("--hack-agree-drop", "0"), "--hack-agree-drop must be a finite number > 0"),
+    (("--lf-entropy-drop", "-1"), "--lf-entropy-drop must be a finite number > 0"),
+    (("--save-meta-at", "0"), "--save-meta-at 0 must lie in [1, --meta-steps 50]"),
+    (("--save-meta-at", "51"), "--save-meta-at 51 must lie in [1, --meta-steps 50]"),
+    (("--init-meta", "/no/such.pt"), "could not be loaded"),
+    (("--init-meta", "NOTOK"), "could not be loaded"),
     (("--ema-decay", "1"), "--ema-decay must lie in [0, 1)"),
     (("--adv-random", "-0.1"), "--adv-random must lie in [0, 1]"),
     (("--adv-temperature", "0"), "--adv-temperature must be a finite number > 0"),
@@ -353,7 +362,7 @@ def test_online_run_outputs_phase1_learns_and_is_deterministic(tmp_path, capsys)
 
 def test_frozen_adversarial_guard_with_bpe_and_tracking(run):
     """The real CLI path, with --track offline."""
-    proc, run_dir = run(SCRIPT, *TINY, "--critic", "frozen", "--adversarial", "True", "--hack-guard", "True",
+    proc, run_dir = run(SCRIPT, *TINY, "--critic", "frozen", "--adversarial", "noise", "--hack-guard", "True",
                         "--guard-meta-steps", "3", "--self-steps", "40", "--learning-rate", "1e-2",
                         "--tokenizer", "bpe", "--vocab-size", "300", "--track=True", "--wandb-project-name", "test",
                         extra_env=OFFLINE)
@@ -416,3 +425,224 @@ def test_non_finite_loss_stops_and_keeps_the_log(phase, fn, n_good, stop_step, p
     assert summary["status"] == f"non-finite loss at step {stop_step} ({'meta' if phase == 1 else 'self'} loss nan)"
     assert summary["rows_logged"] == len(rows) and summary["last_step"] == rows[-1]["step"]
     assert (run_dir / "self_critic.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 12: the self loss's targets, adversarial inputs, critic modes, the guard's restore, the
+# detector's extra rules, meta checkpoints and save_pretrained snapshots
+# ------------------------------------------------------------------------------------------------
+class ShiftPlusOne(ShiftCopy):
+    """A fake critic that names y_i + 1 at each [LOSS] position (wrong on purpose)."""
+
+    def forward(self, input_ids, use_cache=False):
+        prev = torch.cat([input_ids[:, :1], input_ids[:, :-1]], dim=1)
+        return type("Out", (), {"logits": 10.0 * F.one_hot((prev + 1) % self.vocab, self.vocab).float()})
+
+
+def test_self_loss_trains_on_the_critics_targets_and_truth_control_on_y():
+    torch.manual_seed(0)
+    vocab, banned = 50, torch.zeros(50, dtype=torch.bool)
+    banned[49] = True
+    emb = nn.Embedding(vocab, vocab)
+    lm = type("LM", (nn.Module,), {"forward": lambda self, input_ids, use_cache=False:
+                                   type("Out", (), {"logits": emb(input_ids)})})()
+    x, y = torch.randint(0, 48, (3, 7)), torch.randint(0, 48, (3, 7))
+    loss, agree = S.self_loss(lm, ShiftPlusOne(vocab), x, y, 49, banned)
+    assert agree.item() == 0.0
+    assert loss.item() == pytest.approx(F.cross_entropy(emb(x).reshape(-1, vocab), (y + 1).reshape(-1)).item(), rel=1e-6)
+    loss, agree = S.self_loss(lm, None, x, y, 49, banned)                       # --critic truth
+    assert agree.item() == 1.0
+    assert loss.item() == pytest.approx(F.cross_entropy(emb(x).reshape(-1, vocab), y.reshape(-1)).item(), rel=1e-6)
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    args = tiny_args()
+    model, _ = S.build_lm(args, 257, 48)
+    banned = torch.zeros(257, dtype=torch.bool)
+    banned[[256, 7]] = True
+    return model, banned
+
+
+def test_hotflip_tokens_maximise_the_first_order_critic_loss():
+    """Oracle by a different route: the gradient of the critic CE with respect to a one-hot input,
+    whose entry (slot 3i, v) is E_v . G_i; the chosen token maximises it over allowed v != y_i."""
+    model, banned = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    y, pred = torch.randint(0, 200, (3, 5), generator=g), torch.randint(0, 200, (3, 5), generator=g)
+    flip = S.hotflip_predictions(model, pred, y, 256, banned)
+    assert all(p.grad is None for p in model.parameters())                     # no parameter gradients left
+    seq = S.critic_input(pred, y, 256)
+    onehot = F.one_hot(seq, 257).float().requires_grad_(True)
+    logits = model(inputs_embeds=onehot @ model.get_input_embeddings().weight, use_cache=False).logits
+    F.cross_entropy(logits[:, S.loss_positions(5)].reshape(-1, 257), y.reshape(-1)).backward()
+    d = onehot.grad[:, 0::3]                                                    # (B, L, V) at the p_i slots
+    score = d - d.gather(-1, pred.unsqueeze(-1))
+    score[..., banned] = -float("inf")
+    score.scatter_(-1, y.unsqueeze(-1), -float("inf"))
+    torch.testing.assert_close(flip, score.argmax(-1))
+    assert not (flip == y).any() and not banned[flip].any() and (flip != pred).any()
+
+
+@pytest.mark.parametrize("mode", ["noise", "hotflip"])
+def test_meta_loss_adversarial_term_uses_the_named_inputs_with_the_true_target(mode):
+    model, banned = tiny_model()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randint(0, 200, (2, 6), generator=g), torch.randint(0, 200, (2, 6), generator=g)
+    torch.manual_seed(5)
+    total, lm, crit, adv = S.meta_loss(model, x, y, 256, banned, mode, 0.5, 2.0)
+    torch.manual_seed(5)
+    logits = S.lm_logits(model, x)
+    pred = S.masked_argmax(logits.detach(), banned)
+    drifted = (S.adversarial_predictions(logits, banned, 0.5, 2.0) if mode == "noise"
+               else S.hotflip_predictions(model, pred, y, 256, banned))
+    assert not (drifted == pred).all()
+    expected = S.cross_entropy(S.critic_logits(model, drifted, y, 256), y)
+    assert adv.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert crit.item() == pytest.approx(S.cross_entropy(S.critic_logits(model, pred, y, 256), y).item(), rel=1e-5)
+    assert total.item() == pytest.approx((lm + crit + adv).item(), rel=1e-6)
+    assert S.meta_loss(model, x, y, 256, banned, "none")[3].item() == 0.0
+
+
+def test_noise_tokens_without_random_follow_the_tempered_softmax():
+    torch.manual_seed(0)
+    logits = torch.tensor([0.0, 1.0, 2.0, 3.0, 9.0]).expand(1, 40000, 5)
+    banned = torch.tensor([False, False, False, False, True])
+    drawn = S.adversarial_predictions(logits, banned, 0.0, 2.0)
+    freq = torch.bincount(drawn.flatten(), minlength=5).float() / drawn.numel()
+    expected = torch.softmax(torch.tensor([0.0, 1.0, 2.0, 3.0]) / 2.0, -1)
+    np.testing.assert_allclose(freq[:4].numpy(), expected.numpy(), atol=0.01)
+
+
+def test_detector_agreement_rule_and_label_free_rule_by_hand():
+    flat, falling = [2.0] * 10, list(np.linspace(2, 1, 10))
+    agree = [0.9, 0.9, 0.88, 0.7, 0.6, 0.6, 0.9, 0.9, 0.9, 0.9]
+    assert S.detect_hack(flat, falling, 0.05, 3) is None
+    assert S.detect_hack(flat, falling, 0.05, 3, agree, 0.1) == 3                # 0.7, 0.6, 0.6 < 0.9 - 0.1
+    assert S.detect_hack(flat, falling, 0.05, 3, agree, 0.25) is None            # 0.7 is not < 0.65
+    assert S.detect_hack(flat, falling, 0.05, 4, agree, 0.1) is None             # the drop lasts 3 evals only
+    ent = [3.0, 2.9, 2.4, 2.3, 2.4, 2.6, 2.1]
+    assert S.detect_label_free(ent, 0.5, 3) == 2 and S.detect_label_free(ent, 0.5, 4) is None
+    assert S.detect_label_free(ent, 0.85, 1) == 6
+    assert S.histogram_entropy(torch.tensor([1, 1, 2, 3]), 5).item() == pytest.approx(
+        -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)), rel=1e-6)
+    assert S.histogram_entropy(torch.tensor([4, 4, 4]), 5).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def param_ptrs(m):
+    return {p.data_ptr() for p in m.parameters()}
+
+
+@pytest.mark.parametrize("critic, decay", [("frozen", None), ("ema", 0.9), ("online", None), ("truth", None)])
+def test_phase2_critic_is_what_its_mode_says(critic, decay, tmp_path, monkeypatch):
+    """Every self step's critic: online is the live model; frozen is a separate copy that never moves
+    (while the LM does); ema is a separate copy updated once per self step by theta' = d theta' + (1-d) theta
+    with d = --ema-decay (checked against the formula at each call); truth has no critic."""
+    calls, emas = [], []
+    real_self, real_ema = S.self_loss, S.ema_update_
+
+    def self_spy(model, crit, *a, **kw):
+        calls.append((model, crit, None if crit is None or crit is model else
+                      [p.detach().clone() for p in crit.parameters()], [p.detach().clone() for p in model.parameters()]))
+        return real_self(model, crit, *a, **kw)
+
+    def ema_spy(target, source, d):
+        expected = [decay * t.detach() + (1 - decay) * s.detach() for t, s in zip(target.parameters(), source.parameters())]
+        real_ema(target, source, d)
+        emas.append((target, source, d))
+        for t, e in zip(target.parameters(), expected):
+            torch.testing.assert_close(t.detach(), e)
+
+    monkeypatch.setattr(S, "self_loss", self_spy)
+    monkeypatch.setattr(S, "ema_update_", ema_spy)
+    extra = ("--ema-decay", str(decay)) if decay else ()
+    code, run_dir = run_in_process(S, SCRIPT, "step", tmp_path, *TINY, "--critic", critic, *extra,
+                                   "--self-steps", "6", "--sample-prompts", "0")
+    assert code == 0 and len(calls) == 6
+    model = calls[0][0]
+    assert all(c[0] is model for c in calls)
+    assert any((a - b).abs().max() > 0 for a, b in zip(calls[0][3], calls[-1][3]))       # the LM moved
+    if critic == "online":
+        assert all(c[1] is model for c in calls) and not emas
+    elif critic == "truth":
+        assert all(c[1] is None for c in calls) and not emas
+        assert read_json(run_dir / "summary.json")["critic"] == "truth"
+    else:
+        crit = calls[0][1]
+        assert all(c[1] is crit for c in calls) and not (param_ptrs(crit) & param_ptrs(model))
+        for a, b in zip(calls[0][2], calls[0][3]):                                   # the copy of the start
+            torch.testing.assert_close(a, b)
+        moved = any((a - b).abs().max() > 0 for a, b in zip(calls[0][2], calls[-1][2]))
+        if critic == "frozen":
+            assert not moved and not emas
+        else:
+            assert moved and len(emas) == 6 and all(t is crit and s is model and d == decay for t, s, d in emas)
+
+
+@pytest.mark.parametrize("signal", ["oracle", "label_free"])
+def test_guard_restores_its_rollback_weights_picked_on_the_guard_windows(signal, tmp_path, monkeypatch):
+    """A guard detector forced to fire at the first evaluation where the guard CE is above the segment's
+    best; with 0 guard meta steps the row after the restore must show exactly the rollback weights' guard
+    CE: the segment's best guard CE (oracle) or its start (label_free)."""
+    fired = []
+
+    def fake_detect(args, segment):
+        if not fired and len(segment) >= 3 and segment[-1]["guard/ce"] > min(r["guard/ce"] for r in segment[:-1]):
+            fired.append([dict(r) for r in segment])
+            return len(segment) - 1
+        return None
+
+    monkeypatch.setattr(S, "guard_detect", fake_detect)
+    code, run_dir = run_in_process(S, SCRIPT, "step", tmp_path, *TINY, "--critic", "online", "--hack-guard", "True",
+                                   "--guard-signal", signal, "--guard-meta-steps", "0", "--self-steps", "40",
+                                   "--eval-every", "2", "--self-learning-rate", "0.03", "--sample-prompts", "0")
+    assert code == 0 and len(fired) == 1
+    rows = [r for r in read_metrics(run_dir) if r["phase"] == 2]
+    seg = fired[0]
+    after = next(r for r in rows if r["guard/restores"] == 1)
+    assert after["self_step"] == seg[-1]["self_step"]
+    want = min(r["guard/ce"] for r in seg) if signal == "oracle" else seg[0]["guard/ce"]
+    assert after["guard/ce"] == pytest.approx(want, abs=1e-6) and abs(after["guard/ce"] - seg[-1]["guard/ce"]) > 1e-4
+    assert "val/ce" in after and all(r["guard/ce"] != r["val/ce"] for r in rows)    # two different window sets
+
+
+def test_meta_checkpoint_resumes_exactly_and_snapshots_load_with_from_pretrained(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    code, run_a = run_in_process(S, SCRIPT, "step", tmp_path / "a", *TINY, "--save-meta-at", "5", "10",
+                                 "--save-models", "True")
+    assert code == 0 and (run_a / "meta_5.pt").exists()
+    code, run_b = run_in_process(S, SCRIPT, "step", tmp_path / "b", *TINY, "--init-meta", str(run_a / "meta_10.pt"),
+                                 "--meta-steps", "3")
+    assert code == 0
+    ra, rb = read_metrics(run_a), read_metrics(run_b)
+    assert read_json(run_b / "summary.json")["meta_steps"] == 10                  # the checkpoint's
+    assert comparable(rb) == comparable(ra)
+    summary = read_json(run_a / "summary.json")
+    snap = summary["snapshots"]["model_phase2_start"]
+    assert snap["self_step"] == 0 and snap["step"] == 10 and abs(sum(f for _, f in snap["true_tokens_top"])) <= 1
+    path = snap["path"]
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    text = "def f(x):\n    return x  # é"
+    assert tok.encode(text) == list(text.encode()) and tok.convert_tokens_to_ids("[LOSS]") == 256
+    ids = torch.tensor([tok.encode(text)])
+    report = read_json(run_a / "model_phase2_start" / "report.json")
+    assert report["target_entropy"] == pytest.approx(rows_at(ra, 10)["val/target_entropy"], abs=1e-5)
+    assert len(report["samples"]) == 1 and " ||| " in report["samples"][0]
+    state = torch.load(run_a / "meta_10.pt", weights_only=True)["model"]
+    ref, _ = S.build_lm(tiny_args(), 257, 48)
+    ref.load_state_dict(state)
+    torch.testing.assert_close(model(ids).logits, ref(ids).logits)              # the phase-2 start = meta step 10
+
+
+def rows_at(rows, step):
+    return next(r for r in rows if r["step"] == step and r["phase"] == 2)
+
+
+def test_init_meta_from_another_configuration_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a").mkdir(), (tmp_path / "c").mkdir()
+    code, run_a = run_in_process(S, SCRIPT, "step", tmp_path / "a", *TINY, "--save-meta-at", "10", "--self-steps", "0")
+    assert code == 0
+    assert_bad_input(S, SCRIPT, (*TINY, "--init-meta", str(run_a / "meta_10.pt"), "--n-embd", "64"),
+                     "was made with --n-embd 32, this run has 64", capsys, tmp_path / "c", monkeypatch)
