@@ -50,6 +50,7 @@ Result:   (README) C(T) = 0.517 for Uncertainty Focus against 0.508 for Value Fo
           No configuration beats the Baseline on return.
 """
 
+import functools
 import json
 import math
 import os
@@ -67,13 +68,17 @@ import torch
 import tyro
 
 
+NUM_SEEDS = 5                         # default --num-seeds (named here: the field sits in a copied block)
+
+
 @dataclass
 class Args:
     # ---- infrastructure ----
+# >>> copied: dqn-args-infra
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """name of the experiment; the run folder is runs/{exp_name}__{seed}__{unix time}"""
     seed: int = 1
-    """seed of python, numpy and torch; one seed draws every member of the comparison"""
+    """seed of python, numpy and torch; one seed draws every member of the run"""
     torch_deterministic: bool = True
     """set torch.backends.cudnn.deterministic"""
     cuda: bool = True
@@ -84,10 +89,21 @@ class Args:
     """W&B project name"""
     wandb_entity: Optional[str] = None
     """W&B entity (team); None uses the default"""
+    torch_threads: int = 1
+    """torch CPU threads; one is fastest for these tiny networks"""
+# <<< copied: dqn-args-infra
 
     # ---- comparison ----
+# >>> copied: dqn-args-run
     env: str = "corridor"
     """corridor (the original 1-D task) or a gymnasium id with discrete actions, e.g. CartPole-v1"""
+    num_seeds: int = NUM_SEEDS
+    """independent runs (seeds) per configuration"""
+    episodes: int = 300
+    """training episodes per run"""
+    max_steps: int = 50
+    """episode time limit in env steps"""
+# <<< copied: dqn-args-run
     env_size: int = 30
     """corridor length N (ignored by gymnasium envs)"""
     hidden_dim: int = 32
@@ -95,12 +111,6 @@ class Args:
     configs: tuple[str, ...] = ("Baseline", "SelectivePressure", "ValueFocus", "UncertaintyFocus",
                                 "UncertaintyFocusK01")
     """configurations to compare (see CONFIGS)"""
-    num_seeds: int = 5
-    """independent runs per configuration"""
-    episodes: int = 300
-    """training episodes per run"""
-    max_steps: int = 50
-    """episode time limit in env steps"""
     uncertainty: str = "variance"
     """U(s): variance (EMA of var_a Q(s,.), the intended rule) or constant (U = 1, the original's bug)"""
     beta0: float = 1.0
@@ -123,18 +133,19 @@ class Args:
     # ---- DQN (the original's phase-2 settings) ----
     learning_rate: float = 1e-3
     """Adam learning rate"""
-    discount: float = 0.99
-    """discount factor of the TD target"""
     batch_size: int = 64
     """minibatch size of each gradient step"""
-    buffer_size: int = 10_000
-    """replay capacity per run (FIFO)"""
-    prefill: int = 1000
-    """transitions collected before training (corridor: random with p 0.5, else right)"""
     grad_steps: int = 1
     """gradient steps per env step"""
     max_grad_norm: float = 1.0
     """per-network gradient-norm clip"""
+# >>> copied: dqn-args-dqn
+    discount: float = 0.99
+    """discount factor of the TD target"""
+    buffer_size: int = 10_000
+    """replay capacity per run (FIFO)"""
+    prefill: int = 1000
+    """transitions collected before training (corridor: random with p 0.5, else right)"""
     target_every: int = 10
     """copy the online net to the target after each episode e with e % target_every == 0"""
     eps_start: float = 1.0
@@ -145,10 +156,7 @@ class Args:
     """multiplicative epsilon decay per episode"""
     bootstrap_truncation: bool = False
     """bootstrap the TD target at the time limit (False: a time-out is terminal, as the original)"""
-    bootstrap: int = 2000
-    """bootstrap resamples for every confidence interval"""
-    torch_threads: int = 1
-    """torch CPU threads; one is fastest for these tiny networks"""
+# <<< copied: dqn-args-dqn
 
     # ---- derived at runtime ----
     num_members: tyro.conf.Suppress[int] = 0
@@ -178,20 +186,13 @@ def finalize_args(args: Args) -> Args:
         raise ValueError(f"--configs lists a configuration twice: {list(args.configs)}")
     if args.uncertainty not in UNCERTAINTY:
         raise ValueError(f"unknown --uncertainty {args.uncertainty!r}; choose one of {', '.join(UNCERTAINTY)}")
-    if not 0 <= args.seed < 2**32:
-        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
-    for name in ("hidden_dim", "num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "grad_steps",
-                 "target_every", "c_window", "table_size", "bootstrap", "torch_threads"):
+    obs_dim, n_actions = check_dqn_args(args)
+    for name in ("hidden_dim", "c_window", "table_size"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("learning_rate", "max_grad_norm", "beta0"):
+    for name in ("max_grad_norm", "beta0"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
-    for name in ("discount", "eps_start", "eps_end", "eps_decay"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if args.eps_end > args.eps_start:
-        raise ValueError(f"--eps-end {args.eps_end} is above --eps-start {args.eps_start}; epsilon only decays")
     if not 0 <= args.u_ema < 1:
         raise ValueError(f"--u-ema must lie in [0, 1), got {args.u_ema}")
     if not (0 < args.c_min <= args.c0 <= args.c_max and math.isfinite(args.c_max)):
@@ -204,22 +205,13 @@ def finalize_args(args: Args) -> Args:
                          f"updated at episode c_window, so the window must be shorter than the run")
     if args.target_every > args.episodes:
         raise ValueError(f"--target-every {args.target_every} is longer than the run (--episodes {args.episodes})")
-    if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
-        raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
-                         f"{args.buffer_size}")
     if args.env == "corridor":
         if args.env_size < 2:
             raise ValueError(f"--env-size must be >= 2 (start != goal), got {args.env_size}")
         if args.max_steps < args.env_size - 1:
             raise ValueError(f"--max-steps {args.max_steps} cannot reach the goal of a corridor of --env-size "
                              f"{args.env_size} (needs at least {args.env_size - 1} steps)")
-        obs_dim, n_actions, n_keys = Corridor.obs_dim, Corridor.n_actions, args.env_size
-    else:
-        check_gym_env(args.env)
-        env = gym.make(args.env)
-        obs_dim, n_actions, n_keys = int(np.prod(env.observation_space.shape)), int(env.action_space.n), \
-            args.table_size
-        env.close()
+    n_keys = args.env_size if args.env == "corridor" else args.table_size
     args.num_members = len(args.configs) * args.num_seeds
     check_memory(estimate_bytes(args, obs_dim, n_actions, n_keys),
                  f"{args.num_members} members (replay {args.buffer_size}, width {args.hidden_dim}, "
@@ -292,13 +284,14 @@ class Corridor:
 class GymBatch:
     """M copies of a gymnasium env (SAME_STEP autoreset) behind the Corridor interface."""
 
-    def __init__(self, env_id: str, num: int, max_steps: int, seed: int, device: torch.device):
+    def __init__(self, env_id: str, num: int, max_steps: int, seed: int, device: torch.device, table_size: int = 0):
         self.envs = gym.vector.SyncVectorEnv(
             [lambda: gym.make(env_id, max_episode_steps=max_steps) for _ in range(num)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.n_actions = int(self.envs.single_action_space.n)
         self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
-        self.seed, self.device, self.obs = seed, device, None
+        self.seed, self.device, self.obs, self.table_size = seed, device, None, table_size
+        self.next_keys = torch.zeros(num, dtype=torch.long, device=device)   # no state table: never read
 
     def _t(self, x) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=torch.get_default_dtype(), device=self.device)
@@ -308,12 +301,15 @@ class GymBatch:
         self.obs = self._t(obs).reshape(len(obs), -1)
         return self.obs
 
-    def keys(self, table_size: int) -> torch.Tensor:
-        """Hash of the observation rounded to 2 decimals (the original's key) into table_size slots."""
+    def keys(self) -> torch.Tensor:
+        """Hash of the current observation rounded to 2 decimals (the original's key) into table_size
+        slots; zeros when table_size is 0 (no per-state table)."""
+        if self.table_size == 0:
+            return torch.zeros_like(self.next_keys)
         q = torch.round(self.obs * 100).long()
         primes = torch.tensor([1, 1_000_003, 998_244_353, 1_000_000_007, 19_260_817, 2_654_435_761][: q.shape[1]]
                               + [7919] * max(0, q.shape[1] - 6), device=q.device)
-        return (q * primes).sum(-1) % table_size
+        return (q * primes).sum(-1) % self.table_size
 
     def step(self, action: torch.Tensor):
         obs, reward, term, trunc, info = self.envs.step(action.cpu().numpy())   # host sync: the env is on the CPU
@@ -338,6 +334,38 @@ def check_gym_env(env_id: str) -> None:
     if not ok:
         raise ValueError(f"--env {env_id} needs discrete actions and a Box observation")
 # <<< copied: dqn-envs
+
+
+# >>> copied: dqn-checks
+def check_dqn_args(args) -> tuple[int, int]:
+    """The checks both DQN scripts share: seed, positive sizes, learning rate, the [0, 1] ranges, the
+    pre-fill relation and the env id. Returns the env's (obs_dim, n_actions)."""
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
+    for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "prefill", "grad_steps",
+                 "target_every", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    for name in ("discount", "eps_start", "eps_end"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    if not 0.0 < args.eps_decay <= 1.0:
+        raise ValueError(f"--eps-decay is a per-episode factor and must lie in (0, 1], got {args.eps_decay}")
+    if args.eps_end > args.eps_start:
+        raise ValueError(f"--eps-end {args.eps_end} exceeds --eps-start {args.eps_start}")
+    if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
+        raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
+                         f"{args.buffer_size}")
+    if args.env == "corridor":
+        return Corridor.obs_dim, Corridor.n_actions
+    check_gym_env(args.env)
+    env = gym.make(args.env)
+    dims = int(np.prod(env.observation_space.shape)), int(env.action_space.n)
+    env.close()
+    return dims
+# <<< copied: dqn-checks
 
 
 # ==================================================================================================
@@ -459,16 +487,6 @@ class ReplayBuffers:
         return out
 
 
-def keep_rows(obj, rows: torch.Tensor) -> None:
-    """Keep only the given members (first-dim rows) of every per-member tensor attribute of obj."""
-    n = None
-    for name, value in vars(obj).items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            n = value.shape[0] if n is None else n
-            if value.shape[0] == n:
-                setattr(obj, name, value[rows])
-
-
 def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """q [M, A], eps [M] -> actions [M]: uniform with probability eps, else argmax (first on ties)."""
     explore = torch.rand(q.shape[0], generator=gen, device=q.device) < eps
@@ -483,7 +501,7 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
     batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
     (plain mean). The weights are detached: they scale each sample's squared error, nothing more.
         L_m = mean_b w_b (Q(s_b, a_b) - y_b)^2,   y = r + discount * max_a' Q_target(s', a') * (1 - done)
-    Returns (loss [M], grad [M,P] (zero for inactive members), q_rows [M,B,A] = Q(s_b, .) before the step).
+    Returns grad [M,P] (zero for inactive members); weight_fn sees q_rows = Q(s_b, .) before the step.
     table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
     gathered by key: the same loss and gradient, with S instead of B rows per member.
     """
@@ -502,20 +520,58 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
         A = q_tab.shape[-1]
         flat = key * A + batch["action"]                                                # [M, B] into S*A
         err = q_tab.flatten(1).gather(1, flat) - y
-        q_rows = q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A))                  # Q(s_b, .) [M, B, A]
-        w = torch.ones_like(err) if weight_fn is None else weight_fn(q_rows)
-        loss = (w * err * err).mean(1)
+        w = torch.ones_like(err) if weight_fn is None else weight_fn(
+            q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A)))                       # of Q(s_b, .) [M, B, A]
         g_sa = (2.0 / B) * w * err * active.unsqueeze(1).to(err.dtype)                 # dL_m/dQ(s_b, a_b)
         g_q = torch.zeros_like(q_tab).flatten(1).scatter_add_(1, flat, g_sa).view_as(q_tab)
-        grad = mlp_backward(p, cache, g_q)
-    return loss, grad, q_rows
-
-
-def clip_per_member(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ applied to each member's gradient separately."""
-    norm = grad.norm(dim=1, keepdim=True)
-    return grad * (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        return mlp_backward(p, cache, g_q)
 # <<< copied: dqn-batched
+
+
+# >>> copied: dqn-loop
+def act(theta: torch.Tensor, layout, obs: torch.Tensor, eps: torch.Tensor, gen: torch.Generator):
+    """Q of every member at its current observation, [M, A] (no gradient), and its epsilon-greedy action [M]."""
+    with torch.no_grad():
+        q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)
+    return q, epsilon_greedy(q, eps, gen)
+
+
+def step_and_store(env, buf: ReplayBuffers, obs, action, key, bootstrap_truncation: bool):
+    """One env step of every member and its transition into the member's buffer (key: the state id
+    of obs; a time-out is terminal unless bootstrap_truncation, as the original).
+    Returns (reward, term, trunc, the observation to act on next)."""
+    next_obs, reward, term, trunc, after = env.step(action)
+    buf.add(obs, action, reward, next_obs, term if bootstrap_truncation else term | trunc, key, env.next_keys)
+    return reward, term, trunc, after
+
+
+def prefill_replay(env, buf: ReplayBuffers, n: int, bootstrap_truncation: bool, gen: torch.Generator) -> None:
+    """n transitions into every member's buffer (corridor: random with p 0.5, else right, as the
+    original; gymnasium: uniform)."""
+    M, device = buf.obs.shape[0], buf.obs.device
+    obs = env.reset()
+    for _ in range(n):
+        if isinstance(env, Corridor):
+            coin = torch.rand(M, generator=gen, device=device) < 0.5
+            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
+        else:
+            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
+        _, _, _, obs = step_and_store(env, buf, obs, action, env.keys(), bootstrap_truncation)
+
+
+def progress_line(tick: int, done_lo: int, done_hi: int, episodes: int, member_steps: int, seconds: float) -> str:
+    """The progress line both scripts print every few seconds."""
+    return (f"tick {tick}  episodes done {done_lo}-{done_hi}/{episodes}  {tick / seconds:.0f} ticks/s  "
+            f"{member_steps / seconds:.0f} member-steps/s")
+# <<< copied: dqn-loop
+
+
+def clip_per_member(grad: torch.Tensor, max_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.nn.utils.clip_grad_norm_ applied to each member's gradient separately.  grad [M, P] ->
+    (clipped grad, clipped [M] bool: the member's norm was above max_norm, so its gradient was scaled)."""
+    norm = grad.norm(dim=1, keepdim=True)
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    return grad * scale, scale.squeeze(1) < 1.0
 
 
 # ==================================================================================================
@@ -585,27 +641,72 @@ def selective_pressure(beta0: float, alpha: torch.Tensor, gamma_u: torch.Tensor,
 def crystallization_update(c: torch.Tensor, prev_mean: torch.Tensor, has_prev: torch.Tensor, mean: torch.Tensor,
                            kappa: torch.Tensor, c_min: float, c_max: float):
     """C <- clip(C + kappa * (m - m_prev) / |m_prev + 1e-8|, c_min, c_max); improvement 0 the first time.
-    All [M]. Returns (new C, the relative improvement)."""
+    All [M]. Returns the new C."""
     improvement = torch.where(has_prev, (mean - prev_mean) / (prev_mean + 1e-8).abs(), torch.zeros_like(mean))
-    return (c + kappa * improvement).clamp(c_min, c_max), improvement
+    return (c + kappa * improvement).clamp(c_min, c_max)
 
 
-def mean_ci(x: np.ndarray, reps: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and bootstrap percentile CI of the mean."""
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        for aa in (m * (b - m) * x / ((qam + 2 * m) * (a + 2 * m)),
+                   -(a + m) * (qab + m) * x / ((a + 2 * m) * (qap + 2 * m))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t CDF, from the regularized incomplete beta I_x(df/2, 1/2) with x = df / (df + t^2)."""
+    x, a, b = df / (df + t * t), df / 2.0, 0.5
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    ibeta = front * _betacf(a, b, x) / a if x < (a + 1) / (a + b + 2) else 1.0 - front * _betacf(b, a, 1 - x) / b
+    return 1.0 - 0.5 * ibeta if t > 0 else 0.5 * ibeta
+
+
+@functools.lru_cache(maxsize=4096)
+def t_quantile(p: float, df: float) -> float:
+    """Quantile of Student's t with df (> 0, not necessarily integer) degrees of freedom, p in (0.5, 1);
+    bisection on t_cdf to double precision."""
+    lo, hi = 0.0, 1e4
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its Student-t CI, mean -+ t_{(1+level)/2, n-1} s / sqrt(n) (NaN bounds for n < 2)."""
     x = np.asarray(x, float)
     if len(x) < 2:
         return float(x.mean()), float("nan"), float("nan")
-    means = rng.choice(x, size=(reps, len(x)), replace=True).mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(x.mean()), float(lo), float(hi)
+    h = t_quantile((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - h), float(x.mean() + h)
 
 
-def diff_ci(x: np.ndarray, y: np.ndarray, reps: int, rng: np.random.Generator, level: float = 0.95):
-    """mean(x) - mean(y) with a bootstrap CI (independent resampling of both groups)."""
+def diff_ci(x: np.ndarray, y: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """mean(x) - mean(y) with Welch's t CI (unequal variances, Welch-Satterthwaite df); NaN bounds
+    when either group has fewer than 2 runs."""
     x, y = np.asarray(x, float), np.asarray(y, float)
-    d = rng.choice(x, size=(reps, len(x))).mean(1) - rng.choice(y, size=(reps, len(y))).mean(1)
-    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
-    return float(x.mean() - y.mean()), float(lo), float(hi)
+    d = float(x.mean() - y.mean())
+    if len(x) < 2 or len(y) < 2:
+        return d, float("nan"), float("nan")
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return d, d, d
+    df = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    h = t_quantile((1 + level) / 2, df) * se
+    return d, d - h, d + h
 
 
 # ==================================================================================================
@@ -860,6 +961,7 @@ def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") ->
 # ==================================================================================================
 # Plots
 # ==================================================================================================
+# >>> copied: plots
 def _plt():
     import matplotlib
 
@@ -867,6 +969,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_fig(fig, path: str, dpi: int = 110) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+# <<< copied: plots
 
 
 def moving_average(x: np.ndarray, k: int) -> np.ndarray:
@@ -894,9 +1003,7 @@ def plot_analysis(names, returns, beta_mean, member_cfg, path) -> None:
     a1.set(ylabel="return (10-episode MA)", title="performance under selective pressure (mean over seeds)")
     a1.legend(fontsize=8)
     a2.set(xlabel="episode", ylabel="mean beta(s,t) of the episode's samples", title="selective pressure")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_crystallization(names, c_hist, member_cfg, path) -> None:
@@ -911,9 +1018,7 @@ def plot_crystallization(names, c_hist, member_cfg, path) -> None:
     ax.set(xlabel="episode", ylabel="crystallization C(t)",
            title="crystallization evolution (mean, min..max over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 # ==================================================================================================
@@ -943,35 +1048,7 @@ def make_members(args: Args, device: torch.device) -> Members:
 def make_env(args: Args, M: int, device: torch.device):
     if args.env == "corridor":
         return Corridor(torch.full((M,), args.env_size, device=device), args.max_steps)
-    return GymBatch(args.env, M, args.max_steps, args.seed, device)
-
-
-def state_keys(env, args: Args) -> torch.Tensor:
-    """State id of every member's current state: its corridor cell, or its hashed gymnasium observation."""
-    return env.keys() if isinstance(env, Corridor) else env.keys(args.table_size)
-
-
-def store(buf: ReplayBuffers, env, args: Args, obs, action, reward, next_obs, term, trunc, key) -> None:
-    """Add one transition per member; a time-out is terminal unless --bootstrap-truncation True."""
-    next_key = env.next_keys if isinstance(env, Corridor) else state_keys(env, args)
-    buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc, key, next_key)
-
-
-def prefill(env, buf: ReplayBuffers, args: Args, gen: torch.Generator, device: torch.device) -> None:
-    """--prefill transitions per member (corridor: random with p 0.5, else right, as the original;
-    gymnasium: uniform)."""
-    M = buf.obs.shape[0]
-    obs = env.reset()
-    for _ in range(args.prefill):
-        if isinstance(env, Corridor):
-            coin = torch.rand(M, generator=gen, device=device) < 0.5
-            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
-        else:
-            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
-        key = state_keys(env, args)
-        next_obs, reward, term, trunc, after = env.step(action)
-        store(buf, env, args, obs, action, reward, next_obs, term, trunc, key)
-        obs = after
+    return GymBatch(args.env, M, args.max_steps, args.seed, device, table_size=args.table_size)
 
 
 class PressureWeights:
@@ -1006,9 +1083,11 @@ class EpisodeBook:
         self.ep_count = torch.zeros(M, dtype=torch.long, device=device)
         self.ep_ret, self.ep_success = torch.zeros(M, device=device), torch.zeros(M, dtype=torch.bool, device=device)
         self.b_sum, self.b_cnt = torch.zeros(M, device=device), torch.zeros(M, device=device)
+        self.clip_sum = torch.zeros(M, device=device)                           # clipped steps this episode
+        self.clip_total, self.step_total = torch.zeros(M, device=device), torch.zeros(M, device=device)
         self.recent = torch.zeros(M, args.c_window, device=device)              # ring of the last returns
         self.returns = torch.full((M, E), float("nan"), device=device)
-        self.c_hist, self.beta_hist = self.returns.clone(), self.returns.clone()
+        self.c_hist, self.beta_hist, self.clip_hist = self.returns.clone(), self.returns.clone(), self.returns.clone()
         self.success = torch.zeros(M, E, dtype=torch.bool, device=device)
         self.ids = torch.arange(M, device=device)
 
@@ -1016,6 +1095,13 @@ class EpisodeBook:
         """One minibatch's betas into the episode's mean beta (inactive members add nothing)."""
         self.b_sum.add_(beta.mean(1) * active)
         self.b_cnt.add_(active)
+
+    def add_clip(self, clipped: torch.Tensor, active: torch.Tensor) -> None:
+        """One gradient step: whether the norm clip scaled each active member's gradient."""
+        c = (clipped & active).to(self.clip_sum.dtype)
+        self.clip_sum.add_(c)
+        self.clip_total.add_(c)
+        self.step_total.add_(active)
 
     def end_step(self, reward, term, trunc, fin, kappa: torch.Tensor, args: Args, corridor: bool) -> None:
         """After one env step: accumulate, and for the members whose episode ended (fin) record it,
@@ -1026,7 +1112,8 @@ class EpisodeBook:
         self.ep_success |= (term if corridor else torch.zeros_like(term))
         e = self.ep_count.clamp(max=E - 1)
         slot = self.ids * E + e
-        for hist, value in ((self.returns, self.ep_ret), (self.beta_hist, self.b_sum / self.b_cnt.clamp(min=1))):
+        for hist, value in ((self.returns, self.ep_ret), (self.beta_hist, self.b_sum / self.b_cnt.clamp(min=1)),
+                            (self.clip_hist, self.clip_sum / self.b_cnt.clamp(min=1))):
             flat = hist.view(-1)
             flat[slot] = torch.where(fin, value, flat[slot])
         if not corridor:
@@ -1037,7 +1124,7 @@ class EpisodeBook:
         ring = self.recent.view(-1)
         ring[self.ids * W + e % W] = torch.where(fin, self.ep_ret, ring[self.ids * W + e % W])
         upd = fin & (self.ep_count >= W)
-        new_c, _ = crystallization_update(self.crystal, self.prev_mean, self.has_prev, self.recent.mean(1), kappa,
+        new_c = crystallization_update(self.crystal, self.prev_mean, self.has_prev, self.recent.mean(1), kappa,
                                           args.c_min, args.c_max)
         self.crystal = torch.where(upd, new_c, self.crystal)
         self.prev_mean = torch.where(upd, self.recent.mean(1), self.prev_mean)
@@ -1045,14 +1132,14 @@ class EpisodeBook:
         flat = self.c_hist.view(-1)
         flat[slot] = torch.where(fin, self.crystal, flat[slot])
         self.ep_count += fin.long()
-        for acc in (self.ep_ret, self.b_sum, self.b_cnt):
+        for acc in (self.ep_ret, self.b_sum, self.b_cnt, self.clip_sum):
             acc.masked_fill_(ended, 0.0)
         self.ep_success &= ~ended
 
 
 def log_episodes(log: RunLog, members: Members, book: EpisodeBook, start: int, stop: int) -> int:
     """metrics.jsonl rows for episodes start..stop-1, which every member has finished; returns stop."""
-    r, c, b = (x[:, start:stop].cpu().numpy() for x in (book.returns, book.c_hist, book.beta_hist))
+    r, c, b, k_ = (x[:, start:stop].cpu().numpy() for x in (book.returns, book.c_hist, book.beta_hist, book.clip_hist))
     for k, e in enumerate(range(start, stop)):
         row = {}
         for ci, name in enumerate(members.names):
@@ -1061,7 +1148,7 @@ def log_episodes(log: RunLog, members: Members, book: EpisodeBook, start: int, s
             row[f"crystallization_mean/{name}"] = float(c[sel, k].mean())
         for m, nm in enumerate(members.labels):
             row[f"return/{nm}"], row[f"crystallization/{nm}"] = float(r[m, k]), float(c[m, k])
-            row[f"beta_mean/{nm}"] = float(b[m, k])
+            row[f"beta_mean/{nm}"], row[f"clip_fraction/{nm}"] = float(b[m, k]), float(k_[m, k])
         log.log(e, row)
     return stop
 
@@ -1086,7 +1173,7 @@ def train(args: Args, log: RunLog) -> dict:
     buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
     tables = PressureTables(M, args.env_size if corridor else args.table_size, device)
     table = env.all_states() if corridor else None            # corridor: Q once per cell, gathered by key
-    prefill(env, buf, args, gen, device)
+    prefill_replay(env, buf, args.prefill, args.bootstrap_truncation, gen)
 
     # ---- training ----
     obs = env.reset()
@@ -1095,22 +1182,20 @@ def train(args: Args, log: RunLog) -> dict:
     start = last_print = time.time()
     while True:
         active = book.ep_count < E
-        with torch.no_grad():
-            q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)                # [M, A], before training
-        action = epsilon_greedy(q, book.eps, gen)
-        key = state_keys(env, args)
+        q, action = act(theta, layout, obs, book.eps, gen)                          # q: [M, A], before training
+        key = env.keys()
         tables.update_value(key, q.amax(-1), active)                  # V(s_t): running mean of max_a Q(s_t, a)
-        next_obs, reward, term, trunc, after = env.step(action)
-        store(buf, env, args, obs, action, reward, next_obs, term, trunc, key)
-        obs = after
+        reward, term, trunc, obs = step_and_store(env, buf, obs, action, key, args.bootstrap_truncation)
         if buf.size > args.batch_size:
             for _ in range(args.grad_steps):
                 batch = buf.sample(args.batch_size, gen, with_obs=table is None)
                 pressure = PressureWeights(args, members, tables, batch["key"], book.crystal, active)
-                _, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active,
+                grad = td_loss_and_grad(theta, target, layout, batch, args.discount, active,
                                               weight_fn=pressure, table=table)
                 book.add_beta(pressure.beta, active)
-                adam.step(theta, clip_per_member(grad, args.max_grad_norm), active)
+                grad, clipped = clip_per_member(grad, args.max_grad_norm)
+                book.add_clip(clipped, active)
+                adam.step(theta, grad, active)
 
         # ---- episode bookkeeping (the original's order: target copy, eps decay, then C) ----
         fin = (term | trunc) & active
@@ -1127,18 +1212,19 @@ def train(args: Args, log: RunLog) -> dict:
                     break
                 now = time.time()
                 if now - last_print > 5 or not any_active:
-                    print(f"tick {tick}  episodes done {int(book.ep_count.min())}-{int(book.ep_count.max())}/{E}  "
-                          f"{tick / (now - start):.0f} ticks/s  {M * tick / (now - start):.0f} member-steps/s",
-                          flush=True)
+                    print(progress_line(tick, int(book.ep_count.min()), int(book.ep_count.max()), E, M * tick,
+                                        now - start), flush=True)
                     last_print = now
             if not any_active:
                 break
     wall = time.time() - start
+    torch.save({"names": members.labels, "theta": theta.cpu()}, os.path.join(log.run_dir, "final_theta.pt"))
 
     # ---- analysis, table, plots ----
     returns_np, c_np, beta_np, success_np = (x.cpu().numpy() for x in (book.returns, book.c_hist, book.beta_hist,
                                                                        book.success))
-    per_config = analyze(args, members, returns_np, c_np, success_np)
+    clip_fraction = (book.clip_total / book.step_total.clamp(min=1)).cpu().numpy()
+    per_config = analyze(args, members, returns_np, c_np, success_np, clip_fraction)
     summary = {"status": status, "env": args.env, "uncertainty": args.uncertainty, "num_runs": M, "episodes": E,
                "configs": per_config, "wall_time_s": wall, "ticks": tick, "member_steps_per_s": M * tick / wall}
     if corridor:
@@ -1156,30 +1242,37 @@ def train(args: Args, log: RunLog) -> dict:
 # ==================================================================================================
 # Analysis: C(T), final return, episodes to first success, per configuration
 # ==================================================================================================
-def analyze(args: Args, members: Members, returns: np.ndarray, c_hist: np.ndarray, success: np.ndarray) -> dict:
-    """Per configuration: mean [95% bootstrap CI] over seeds of C(T), of the final 10-episode MA return,
-    of the episodes to the first success, and of the return difference to the Baseline; the raw runs."""
-    rng = np.random.default_rng(args.seed)
+def analyze(args: Args, members: Members, returns: np.ndarray, c_hist: np.ndarray, success: np.ndarray,
+            clip_fraction: np.ndarray) -> dict:
+    """Per configuration: mean [Student-t 95% CI] over seeds of C(T), of the final 10-episode MA
+    return, of the episodes to the first success and of the fraction of gradient steps whose norm was
+    clipped; the differences to the Baseline of final return and of episodes to first success [Welch
+    95% CI]; the raw runs.  clip_fraction [M]: clipped steps / gradient steps of each run."""
     names, member_cfg = members.names, members.cfg
     final_ret = moving_average(returns, 10)[:, -1]                    # 10-episode MA at the last episode
     c_final = c_hist[:, -1]
     first_success = np.array([np.argmax(s) if s.any() else np.nan for s in success])
     base = names.index("Baseline") if "Baseline" in names else None
+    fs_base = first_success[member_cfg == base] if base is not None else None
     per_config = {}
     for ci, name in enumerate(names):
         sel = member_cfg == ci
         fs = first_success[sel]
         per_config[name] = {
             "alpha_gamma_u_kappa": CONFIGS[name][1:], "weighted": CONFIGS[name][0],
-            "C_final": mean_ci(c_final[sel], args.bootstrap, rng) if CONFIGS[name][0] else None,
+            "C_final": mean_ci(c_final[sel]) if CONFIGS[name][0] else None,
             "C_final_runs": c_final[sel].tolist(),
-            "final_return_ma10": mean_ci(final_ret[sel], args.bootstrap, rng),
+            "final_return_ma10": mean_ci(final_ret[sel]),
             "final_return_runs": final_ret[sel].tolist(),
-            "episodes_to_first_success": mean_ci(fs[np.isfinite(fs)], args.bootstrap, rng) if np.isfinite(fs).any()
-            else None,
+            "episodes_to_first_success": mean_ci(fs[np.isfinite(fs)]) if np.isfinite(fs).any() else None,
             "runs_with_success": int(np.isfinite(fs).sum()),
-            "return_minus_baseline": (diff_ci(final_ret[sel], final_ret[member_cfg == base], args.bootstrap, rng)
+            "clip_fraction": mean_ci(clip_fraction[sel]),
+            "clip_fraction_runs": clip_fraction[sel].tolist(),
+            "return_minus_baseline": (diff_ci(final_ret[sel], final_ret[member_cfg == base])
                                       if base is not None and ci != base else None),
+            "first_success_minus_baseline": (diff_ci(fs[np.isfinite(fs)], fs_base[np.isfinite(fs_base)])
+                                             if base is not None and ci != base and np.isfinite(fs).any()
+                                             and np.isfinite(fs_base).any() else None),
         }
     return per_config
 
@@ -1190,10 +1283,13 @@ def format_ci(t, digits: int) -> str:
 
 def print_table(args: Args, per_config: dict) -> None:
     print(f"\n===== selective pressure, U = {args.uncertainty}, {args.num_seeds} seeds, mean [95% CI] =====")
-    print(f"{'config':22s} {'C(T)':>26s} {'final return (MA10)':>24s} {'eps to 1st success':>24s} {'vs Baseline':>24s}")
+    print(f"(Student-t CIs of the mean over seeds; differences to the Baseline: Welch t)")
+    print(f"{'config':22s} {'C(T)':>26s} {'final return (MA10)':>24s} {'vs Baseline':>24s} {'eps to 1st success':>24s} "
+          f"{'vs Baseline':>24s} {'clip fraction':>24s}")
     for name, r in per_config.items():
         print(f"{name:22s} {format_ci(r['C_final'], 3):>26s} {format_ci(r['final_return_ma10'], 1):>24s} "
-              f"{format_ci(r['episodes_to_first_success'], 1):>24s} {format_ci(r['return_minus_baseline'], 1):>24s}")
+              f"{format_ci(r['return_minus_baseline'], 1):>24s} {format_ci(r['episodes_to_first_success'], 1):>24s} "
+              f"{format_ci(r['first_success_minus_baseline'], 1):>24s} {format_ci(r['clip_fraction'], 3):>24s}")
 
 
 if __name__ == "__main__":

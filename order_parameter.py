@@ -66,6 +66,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Optional
 
 import gymnasium as gym
@@ -74,13 +75,17 @@ import torch
 import tyro
 
 
+NUM_SEEDS = 3                         # default --num-seeds (named here: the field sits in a copied block)
+
+
 @dataclass
 class Args:
     # ---- infrastructure ----
+# >>> copied: dqn-args-infra
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """name of the experiment; the run folder is runs/{exp_name}__{seed}__{unix time}"""
     seed: int = 1
-    """seed of python, numpy and torch; one seed draws every member of the sweep"""
+    """seed of python, numpy and torch; one seed draws every member of the run"""
     torch_deterministic: bool = True
     """set torch.backends.cudnn.deterministic"""
     cuda: bool = True
@@ -91,34 +96,40 @@ class Args:
     """W&B project name"""
     wandb_entity: Optional[str] = None
     """W&B entity (team); None uses the default"""
+    torch_threads: int = 1
+    """torch CPU threads; one is fastest for these tiny networks"""
+# <<< copied: dqn-args-infra
 
     # ---- sweep ----
+# >>> copied: dqn-args-run
     env: str = "corridor"
     """corridor (the original 1-D task) or a gymnasium id with discrete actions, e.g. CartPole-v1"""
-    env_sizes: tuple[int, ...] = (5, 15, 30)
-    """corridor lengths N to sweep (ignored by gymnasium envs: pass a single value, e.g. 0)"""
-    hidden_dims: tuple[int, ...] = (8, 32, 64)
-    """hidden widths H of both hidden layers to sweep"""
-    num_seeds: int = 3
-    """independent runs per (N, H) configuration"""
+    num_seeds: int = NUM_SEEDS
+    """independent runs (seeds) per configuration"""
     episodes: int = 300
     """training episodes per run"""
     max_steps: int = 50
     """episode time limit in env steps"""
+# <<< copied: dqn-args-run
+    env_sizes: tuple[int, ...] = (5, 15, 30)
+    """corridor lengths N to sweep (ignored by gymnasium envs: pass a single value, e.g. 0)"""
+    hidden_dims: tuple[int, ...] = (8, 32, 64)
+    """hidden widths H of both hidden layers to sweep"""
 
     # ---- DQN (the original's settings) ----
     learning_rate: float = 0.01
     """Adam learning rate"""
-    discount: float = 0.99
-    """discount factor of the TD target"""
     batch_size: int = 128
     """minibatch size of each gradient step"""
+    grad_steps: int = 4
+    """gradient steps per env step"""
+# >>> copied: dqn-args-dqn
+    discount: float = 0.99
+    """discount factor of the TD target"""
     buffer_size: int = 10_000
     """replay capacity per run (FIFO)"""
     prefill: int = 1000
     """transitions collected before training (corridor: random with p 0.5, else right)"""
-    grad_steps: int = 4
-    """gradient steps per env step"""
     target_every: int = 10
     """copy the online net to the target after each episode e with e % target_every == 0"""
     eps_start: float = 1.0
@@ -129,7 +140,7 @@ class Args:
     """multiplicative epsilon decay per episode"""
     bootstrap_truncation: bool = False
     """bootstrap the TD target at the time limit (False: a time-out is terminal, as the original)"""
-
+# <<< copied: dqn-args-dqn
     exact_state_table: bool = True
     """corridor: evaluate Q once per cell and gather (the same loss and gradient, fewer FLOPs)"""
 
@@ -140,10 +151,6 @@ class Args:
     """probe states G for the order parameters"""
     final_window: int = 10
     """final_reward = mean return of the last final_window episodes"""
-    bootstrap: int = 2000
-    """bootstrap resamples for every confidence interval"""
-    torch_threads: int = 1
-    """torch CPU threads; one is fastest for these tiny networks"""
 
     # ---- derived at runtime ----
     num_members: tyro.conf.Suppress[int] = 0
@@ -154,6 +161,7 @@ class Args:
 
 ORDER_PARAMS = ("value_range", "action_certainty", "entropy", "gradient_magnitude")
 ALL_PARAMS = ORDER_PARAMS + ("td_grad_norm",)
+PROGRESS = ("policy_correct", "greedy_return")         # corridor only: see policy_progress
 
 
 def finalize_args(args: Args) -> Args:
@@ -164,10 +172,8 @@ def finalize_args(args: Args) -> Args:
         values = list(getattr(args, name))
         if len(set(values)) < len(values):      # two members would share a name and a metrics key
             raise ValueError(f"--{name.replace('_', '-')} has a repeated value: {values}")
-    if not 0 <= args.seed < 2**32:
-        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
-    for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "prefill", "grad_steps",
-                 "target_every", "order_every", "num_probe_states", "final_window", "bootstrap", "torch_threads"):
+    obs_dim, n_actions = check_dqn_args(args)
+    for name in ("order_every", "num_probe_states", "final_window"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if min(args.hidden_dims) <= 0:
@@ -178,26 +184,8 @@ def finalize_args(args: Args) -> Args:
         if max(args.env_sizes) - 1 > args.max_steps:
             raise ValueError(f"corridor size {max(args.env_sizes)} needs {max(args.env_sizes) - 1} steps to reach "
                              f"the goal, more than --max-steps {args.max_steps}")
-        obs_dim, n_actions = Corridor.obs_dim, Corridor.n_actions
-    else:
-        check_gym_env(args.env)
-        if len(args.env_sizes) != 1:
-            raise ValueError(f"--env {args.env} has no size axis; pass a single --env-sizes value (e.g. 0)")
-        env = gym.make(args.env)
-        obs_dim, n_actions = int(np.prod(env.observation_space.shape)), int(env.action_space.n)
-        env.close()
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        raise ValueError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
-    for name in ("discount", "eps_start", "eps_end"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
-    if not 0.0 < args.eps_decay <= 1.0:
-        raise ValueError(f"--eps-decay is a per-episode factor and must lie in (0, 1], got {args.eps_decay}")
-    if args.eps_end > args.eps_start:
-        raise ValueError(f"--eps-end {args.eps_end} exceeds --eps-start {args.eps_start}")
-    if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
-        raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
-                         f"{args.buffer_size}")
+    elif len(args.env_sizes) != 1:
+        raise ValueError(f"--env {args.env} has no size axis; pass a single --env-sizes value (e.g. 0)")
     if args.env != "corridor" and args.num_probe_states > args.prefill:
         raise ValueError(f"--num-probe-states {args.num_probe_states} exceeds --prefill {args.prefill} "
                          "(gymnasium probe states are pre-fill observations)")
@@ -282,13 +270,14 @@ class Corridor:
 class GymBatch:
     """M copies of a gymnasium env (SAME_STEP autoreset) behind the Corridor interface."""
 
-    def __init__(self, env_id: str, num: int, max_steps: int, seed: int, device: torch.device):
+    def __init__(self, env_id: str, num: int, max_steps: int, seed: int, device: torch.device, table_size: int = 0):
         self.envs = gym.vector.SyncVectorEnv(
             [lambda: gym.make(env_id, max_episode_steps=max_steps) for _ in range(num)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         self.n_actions = int(self.envs.single_action_space.n)
         self.obs_dim = int(np.prod(self.envs.single_observation_space.shape))
-        self.seed, self.device, self.obs = seed, device, None
+        self.seed, self.device, self.obs, self.table_size = seed, device, None, table_size
+        self.next_keys = torch.zeros(num, dtype=torch.long, device=device)   # no state table: never read
 
     def _t(self, x) -> torch.Tensor:
         return torch.as_tensor(np.asarray(x), dtype=torch.get_default_dtype(), device=self.device)
@@ -298,12 +287,15 @@ class GymBatch:
         self.obs = self._t(obs).reshape(len(obs), -1)
         return self.obs
 
-    def keys(self, table_size: int) -> torch.Tensor:
-        """Hash of the observation rounded to 2 decimals (the original's key) into table_size slots."""
+    def keys(self) -> torch.Tensor:
+        """Hash of the current observation rounded to 2 decimals (the original's key) into table_size
+        slots; zeros when table_size is 0 (no per-state table)."""
+        if self.table_size == 0:
+            return torch.zeros_like(self.next_keys)
         q = torch.round(self.obs * 100).long()
         primes = torch.tensor([1, 1_000_003, 998_244_353, 1_000_000_007, 19_260_817, 2_654_435_761][: q.shape[1]]
                               + [7919] * max(0, q.shape[1] - 6), device=q.device)
-        return (q * primes).sum(-1) % table_size
+        return (q * primes).sum(-1) % self.table_size
 
     def step(self, action: torch.Tensor):
         obs, reward, term, trunc, info = self.envs.step(action.cpu().numpy())   # host sync: the env is on the CPU
@@ -328,6 +320,38 @@ def check_gym_env(env_id: str) -> None:
     if not ok:
         raise ValueError(f"--env {env_id} needs discrete actions and a Box observation")
 # <<< copied: dqn-envs
+
+
+# >>> copied: dqn-checks
+def check_dqn_args(args) -> tuple[int, int]:
+    """The checks both DQN scripts share: seed, positive sizes, learning rate, the [0, 1] ranges, the
+    pre-fill relation and the env id. Returns the env's (obs_dim, n_actions)."""
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must lie in [0, 2**32), got {args.seed}")
+    for name in ("num_seeds", "episodes", "max_steps", "batch_size", "buffer_size", "prefill", "grad_steps",
+                 "target_every", "torch_threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    for name in ("discount", "eps_start", "eps_end"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1], got {getattr(args, name)}")
+    if not 0.0 < args.eps_decay <= 1.0:
+        raise ValueError(f"--eps-decay is a per-episode factor and must lie in (0, 1], got {args.eps_decay}")
+    if args.eps_end > args.eps_start:
+        raise ValueError(f"--eps-end {args.eps_end} exceeds --eps-start {args.eps_start}")
+    if args.prefill <= args.batch_size or args.prefill > args.buffer_size:
+        raise ValueError(f"need --batch-size < --prefill <= --buffer-size, got {args.batch_size}, {args.prefill}, "
+                         f"{args.buffer_size}")
+    if args.env == "corridor":
+        return Corridor.obs_dim, Corridor.n_actions
+    check_gym_env(args.env)
+    env = gym.make(args.env)
+    dims = int(np.prod(env.observation_space.shape)), int(env.action_space.n)
+    env.close()
+    return dims
+# <<< copied: dqn-checks
 
 
 # ==================================================================================================
@@ -449,16 +473,6 @@ class ReplayBuffers:
         return out
 
 
-def keep_rows(obj, rows: torch.Tensor) -> None:
-    """Keep only the given members (first-dim rows) of every per-member tensor attribute of obj."""
-    n = None
-    for name, value in vars(obj).items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0:
-            n = value.shape[0] if n is None else n
-            if value.shape[0] == n:
-                setattr(obj, name, value[rows])
-
-
 def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """q [M, A], eps [M] -> actions [M]: uniform with probability eps, else argmax (first on ties)."""
     explore = torch.rand(q.shape[0], generator=gen, device=q.device) < eps
@@ -473,7 +487,7 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
     batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
     (plain mean). The weights are detached: they scale each sample's squared error, nothing more.
         L_m = mean_b w_b (Q(s_b, a_b) - y_b)^2,   y = r + discount * max_a' Q_target(s', a') * (1 - done)
-    Returns (loss [M], grad [M,P] (zero for inactive members), q_rows [M,B,A] = Q(s_b, .) before the step).
+    Returns grad [M,P] (zero for inactive members); weight_fn sees q_rows = Q(s_b, .) before the step.
     table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
     gathered by key: the same loss and gradient, with S instead of B rows per member.
     """
@@ -492,20 +506,60 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
         A = q_tab.shape[-1]
         flat = key * A + batch["action"]                                                # [M, B] into S*A
         err = q_tab.flatten(1).gather(1, flat) - y
-        q_rows = q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A))                  # Q(s_b, .) [M, B, A]
-        w = torch.ones_like(err) if weight_fn is None else weight_fn(q_rows)
-        loss = (w * err * err).mean(1)
+        w = torch.ones_like(err) if weight_fn is None else weight_fn(
+            q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A)))                       # of Q(s_b, .) [M, B, A]
         g_sa = (2.0 / B) * w * err * active.unsqueeze(1).to(err.dtype)                 # dL_m/dQ(s_b, a_b)
         g_q = torch.zeros_like(q_tab).flatten(1).scatter_add_(1, flat, g_sa).view_as(q_tab)
-        grad = mlp_backward(p, cache, g_q)
-    return loss, grad, q_rows
-
-
-def clip_per_member(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ applied to each member's gradient separately."""
-    norm = grad.norm(dim=1, keepdim=True)
-    return grad * (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        return mlp_backward(p, cache, g_q)
 # <<< copied: dqn-batched
+
+
+# >>> copied: dqn-loop
+def act(theta: torch.Tensor, layout, obs: torch.Tensor, eps: torch.Tensor, gen: torch.Generator):
+    """Q of every member at its current observation, [M, A] (no gradient), and its epsilon-greedy action [M]."""
+    with torch.no_grad():
+        q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)
+    return q, epsilon_greedy(q, eps, gen)
+
+
+def step_and_store(env, buf: ReplayBuffers, obs, action, key, bootstrap_truncation: bool):
+    """One env step of every member and its transition into the member's buffer (key: the state id
+    of obs; a time-out is terminal unless bootstrap_truncation, as the original).
+    Returns (reward, term, trunc, the observation to act on next)."""
+    next_obs, reward, term, trunc, after = env.step(action)
+    buf.add(obs, action, reward, next_obs, term if bootstrap_truncation else term | trunc, key, env.next_keys)
+    return reward, term, trunc, after
+
+
+def prefill_replay(env, buf: ReplayBuffers, n: int, bootstrap_truncation: bool, gen: torch.Generator) -> None:
+    """n transitions into every member's buffer (corridor: random with p 0.5, else right, as the
+    original; gymnasium: uniform)."""
+    M, device = buf.obs.shape[0], buf.obs.device
+    obs = env.reset()
+    for _ in range(n):
+        if isinstance(env, Corridor):
+            coin = torch.rand(M, generator=gen, device=device) < 0.5
+            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
+        else:
+            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
+        _, _, _, obs = step_and_store(env, buf, obs, action, env.keys(), bootstrap_truncation)
+
+
+def progress_line(tick: int, done_lo: int, done_hi: int, episodes: int, member_steps: int, seconds: float) -> str:
+    """The progress line both scripts print every few seconds."""
+    return (f"tick {tick}  episodes done {done_lo}-{done_hi}/{episodes}  {tick / seconds:.0f} ticks/s  "
+            f"{member_steps / seconds:.0f} member-steps/s")
+# <<< copied: dqn-loop
+
+
+def keep_rows(obj, rows: torch.Tensor) -> None:
+    """Keep only the given members (first-dim rows) of every per-member tensor attribute of obj."""
+    n = None
+    for name, value in vars(obj).items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            n = value.shape[0] if n is None else n
+            if value.shape[0] == n:
+                setattr(obj, name, value[rows])
 
 
 # ==================================================================================================
@@ -528,6 +582,29 @@ def order_parameters(theta: torch.Tensor, layout, probes: torch.Tensor) -> torch
     return torch.stack([value_range, certainty, entropy, grad_mag], 1)
 
 
+def policy_progress(theta: torch.Tensor, layout, cells: torch.Tensor, sizes: torch.Tensor,
+                    max_steps: int) -> torch.Tensor:
+    """Learning progress of each member's greedy policy on its corridor, without exploration noise.
+    cells [M, S, 1] (Corridor.all_states), sizes [M] -> [M, 2]:
+        policy_correct = fraction of the cells p < N-1 whose greedy action is right (optimal: 1)
+        greedy_return  = return of the greedy policy from p = 0 within max_steps (optimal: 12 - N;
+                         -max_steps when it never reaches the goal)"""
+    with torch.no_grad():
+        right = q_values(theta, layout, cells).argmax(-1) == 1                        # [M, S], first on ties
+    S = right.shape[1]
+    live = torch.arange(S, device=sizes.device)[None, :] < (sizes - 1)[:, None]
+    correct = (right & live).sum(1).to(torch.get_default_dtype()) / (sizes - 1)
+    pos, ret = torch.zeros_like(sizes), torch.zeros(sizes.shape[0], device=sizes.device)
+    done = torch.zeros_like(sizes, dtype=torch.bool)
+    for _ in range(max_steps):
+        a = right.gather(1, pos.clamp(max=S - 1).unsqueeze(1)).squeeze(1).long()
+        pos = torch.where(done, pos, (pos + 2 * a - 1).clamp(min=0))
+        goal = ~done & (pos == sizes - 1)
+        ret += torch.where(done, 0.0, torch.where(goal, 10.0, -1.0))
+        done |= goal
+    return torch.stack([correct, ret], 1)
+
+
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson r; NaN when either variable is constant (r is undefined there)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -546,47 +623,50 @@ def center_within(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return x
 
 
-def bootstrap_ci(stat, n: int, groups: np.ndarray, reps: int, rng: np.random.Generator,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of stat(index array) over resamples of 0..n-1 with replacement, within each
-    group (pass one group for plain resampling). NaN resamples (a constant variable) are dropped."""
-    members = [np.flatnonzero(groups == g) for g in np.unique(groups)]
-    vals = []
-    for _ in range(reps):
-        idx = np.concatenate([rng.choice(m, size=len(m), replace=True) for m in members])
-        vals.append(stat(idx))
-    vals = np.asarray(vals)
-    vals = vals[np.isfinite(vals)]
-    if len(vals) < reps // 2:
+def fisher_ci(r: float, n: int, k: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Fisher-z CI of a Pearson r from n pairs, or of a partial r with k covariates partialled out
+    (centring within g groups removes k = g - 1): tanh(atanh r -+ z_{(1+level)/2} / sqrt(n - k - 3)).
+    Exact for bivariate-normal data up to the z approximation; tests check its coverage by simulation
+    at this script's sample sizes. NaN when r is undefined or n - k <= 3."""
+    if not math.isfinite(r) or n - k <= 3:
         return float("nan"), float("nan")
-    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    z, h = math.atanh(min(max(r, -1 + 1e-12), 1 - 1e-12)), NormalDist().inv_cdf((1 + level) / 2) / math.sqrt(n - k - 3)
+    return math.tanh(z - h), math.tanh(z + h)
 
 
-def correlation_report(values: np.ndarray, perf: np.ndarray, size: np.ndarray, config: np.ndarray,
-                       reps: int, rng: np.random.Generator) -> dict:
-    """All the correlations of one order parameter (values [R]) with final reward (perf [R]).
+def partial_r(values: np.ndarray, perf: np.ndarray, groups: np.ndarray) -> dict:
+    """r of values and perf after centring both within each group, with its Fisher-z CI (k = groups - 1)."""
+    g = len(np.unique(groups))
+    r = pearson(center_within(values, groups), center_within(perf, groups))
+    return {"r": r, "ci": fisher_ci(r, len(perf), g - 1), "n": len(perf), "groups": g}
+
+
+def correlation_report(values: np.ndarray, perf: np.ndarray, size: np.ndarray, config: np.ndarray) -> dict:
+    """All the correlations of one order parameter (values [R]) with performance (perf [R]), each with
+    a Fisher-z 95% CI.
 
     size [R]: the task group (corridor N); config [R]: configuration id (runs of one config are seeds).
+    r_config_means is r over the seed-averaged configurations (the original's design); it is NaN with
+    fewer than 3 configurations, where it can only be +-1 or undefined.
+    within_config is the within-(N, H) r over seeds: both variables centred within each configuration.
     """
-    one = np.zeros(len(perf), int)
     r = pearson(values, perf)
-    ci = bootstrap_ci(lambda i: pearson(values[i], perf[i]), len(perf), one, reps, rng)
     cfgs = np.unique(config)
     cm_v = np.array([values[config == c].mean() for c in cfgs])
     cm_p = np.array([perf[config == c].mean() for c in cfgs])
-    pv, pp = center_within(values, size), center_within(perf, size)
-    partial = pearson(pv, pp)
-    partial_ci = bootstrap_ci(lambda i: pearson(center_within(values[i], size[i]), center_within(perf[i], size[i])),
-                              len(perf), size, reps, rng) if len(np.unique(size)) < len(perf) else (float("nan"),) * 2
+    r_cm = pearson(cm_v, cm_p) if len(cfgs) >= 3 else float("nan")
     within = {}
     for n in np.unique(size):
         sel = size == n
-        within[int(n)] = {"r": pearson(values[sel], perf[sel]), "n": int(sel.sum()),
-                          "ci": bootstrap_ci(lambda i: pearson(values[sel][i], perf[sel][i]), int(sel.sum()),
-                                             np.zeros(int(sel.sum()), int), reps, rng)}
-    return {"r": r, "ci": ci, "n": len(perf), "r_config_means": pearson(cm_v, cm_p), "n_configs": len(cfgs),
-            "partial_r_given_size": partial, "partial_ci": partial_ci, "within_size": within}
+        rn = pearson(values[sel], perf[sel])
+        within[int(n)] = {"r": rn, "n": int(sel.sum()), "ci": fisher_ci(rn, int(sel.sum()))}
+    given_n = partial_r(values, perf, size)
+    in_cfg = partial_r(values, perf, config) if len(cfgs) < len(perf) else \
+        {"r": float("nan"), "ci": (float("nan"),) * 2, "n": len(perf), "groups": len(cfgs)}
+    return {"r": r, "ci": fisher_ci(r, len(perf)), "n": len(perf),
+            "r_config_means": r_cm, "r_config_means_ci": fisher_ci(r_cm, len(cfgs)), "n_configs": len(cfgs),
+            "partial_r_given_size": given_n["r"], "partial_ci": given_n["ci"], "within_size": within,
+            "within_config": in_cfg}
 
 
 def over_training_r(series: np.ndarray, returns: np.ndarray, ckpts: np.ndarray, window: int) -> np.ndarray:
@@ -850,6 +930,7 @@ def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") ->
 # ==================================================================================================
 # Plots (the original's three figures, plus order parameters over training)
 # ==================================================================================================
+# >>> copied: plots
 def _plt():
     import matplotlib
 
@@ -857,6 +938,13 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_fig(fig, path: str, dpi: int = 110) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+# <<< copied: plots
 
 
 def plot_learning_curves(returns, sizes, hidden, size_vals, hid_vals, label, path) -> None:
@@ -876,9 +964,7 @@ def plot_learning_curves(returns, sizes, hidden, size_vals, hid_vals, label, pat
                 ax.set_xlabel("episode")
             if j == 0:
                 ax.set_ylabel("return")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_phase_diagram(grid_param, grid_perf, best, size_vals, hid_vals, label, path) -> None:
@@ -893,9 +979,7 @@ def plot_phase_diagram(grid_param, grid_perf, best, size_vals, hid_vals, label, 
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="w", fontsize=8)
     if min(grid_perf.shape) >= 2:
         a1.contour(grid_perf, levels=5, colors="white", linewidths=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_transition(ratio, perf, params: dict, path) -> None:
@@ -915,9 +999,7 @@ def plot_transition(ratio, perf, params: dict, path) -> None:
             ax.axvline((ratio[order][k] + ratio[order][k + 1]) / 2, color="gray", ls="--", lw=1)
     ax.set(xlabel="complexity ratio N/H", ylabel="min-max normalised", title="transition analysis (config means)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_fig(fig, path)
 
 
 def plot_over_training(ckpts, series, returns, config_labels, config, path) -> None:
@@ -934,9 +1016,7 @@ def plot_over_training(ckpts, series, returns, config_labels, config, path) -> N
     for ax, name in zip(axes[1:], names):
         ax.set(xlabel="episode", title=name)
     axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_fig(fig, path, dpi=100)
 
 
 # ==================================================================================================
@@ -961,25 +1041,6 @@ def make_sweep(args: Args) -> Sweep:
                  config=np.array([i // args.num_seeds for i in range(len(grid))]),
                  names=[f"{label}{n}_H{h}_s{s}" for n, h, s in grid], label=label,
                  config_labels=[f"{label}={n}, H={h}" for n in args.env_sizes for h in args.hidden_dims])
-
-
-def prefill_replay(env, buf: ReplayBuffers, args: Args, gen: torch.Generator) -> None:
-    """--prefill transitions into every member's buffer (corridor: random with p 0.5, else right, as
-    the original; gymnasium: uniform)."""
-    corridor = isinstance(env, Corridor)
-    M, device = buf.obs.shape[0], buf.obs.device
-    obs = env.reset()
-    for _ in range(args.prefill):
-        if corridor:
-            coin = torch.rand(M, generator=gen, device=device) < 0.5
-            action = torch.where(coin, torch.randint(0, 2, (M,), generator=gen, device=device), 1)
-        else:
-            action = torch.randint(0, env.n_actions, (M,), generator=gen, device=device)
-        key = env.keys() if corridor else 0
-        next_obs, reward, term, trunc, after = env.step(action)
-        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
-                key, env.next_keys if corridor else 0)
-        obs = after
 
 
 def probe_states(env, buf: ReplayBuffers, G: int) -> torch.Tensor:
@@ -1029,24 +1090,21 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
     td_norm = returns.clone()
     ckpts = np.arange(0, E, args.order_every)
     op_hist = torch.full((M, len(ckpts), len(ORDER_PARAMS)), float("nan"), device=device)
+    prog_hist = torch.full((M, len(ckpts), len(PROGRESS)), float("nan"), device=device)
+    cells = env.all_states() if corridor else None            # every cell, for policy_progress
+    final_theta = torch.full_like(theta, float("nan"))        # each member's parameters when it leaves the batch
     ids = torch.arange(M, device=device)                      # row -> member id (rows shrink, ids do not)
     status, tick, logged, member_steps = "ok", 0, 0, 0
     start = last_print = time.time()
 
     while True:
         active = ep_count < E
-        with torch.no_grad():
-            q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)              # [M, A]
-        action = epsilon_greedy(q, eps, gen)
-        key = env.keys() if corridor else 0
-        next_obs, reward, term, trunc, after = env.step(action)
-        buf.add(obs, action, reward, next_obs, term if args.bootstrap_truncation else term | trunc,
-                key, env.next_keys if corridor else 0)
-        obs = after
+        _, action = act(theta, layout, obs, eps, gen)
+        reward, term, trunc, obs = step_and_store(env, buf, obs, action, env.keys(), args.bootstrap_truncation)
         if buf.size > args.batch_size:
             for _ in range(args.grad_steps):
                 batch = buf.sample(args.batch_size, gen, with_obs=table is None)
-                _, grad, _ = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table)
+                grad = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table)
                 g_sum += grad.norm(dim=1) * active                    # ||grad_theta L_TD||, per member
                 g_cnt += active
                 adam.step(theta, grad, active)
@@ -1078,35 +1136,41 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
             rows = due.nonzero().squeeze(1)
             ckpt = (ep_count[rows] - 1) // args.order_every
             op_hist[ids[rows], ckpt] = order_parameters(theta[rows], layout, probes[rows])
+            if corridor:
+                prog_hist[ids[rows], ckpt] = policy_progress(theta[rows], layout, cells[rows], env.sizes[rows],
+                                                             args.max_steps)
         if done_by_all > logged:
             logged = log_episode_rows(log, names, returns, td_norm, op_hist, logged, done_by_all, args.order_every)
         any_active = n_active > 0
         if corridor and 0 < n_active <= 0.75 * theta.shape[0]:
             # ---- compaction: drop the members that are done, so they cost nothing from here on ----
             rows = (ep_count < E).nonzero().squeeze(1)
-            theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table = (
+            final_theta[ids] = theta
+            theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table, cells = (
                 None if x is None else x[rows]
-                for x in (theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table))
+                for x in (theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table, cells))
             for obj in (env, adam, buf):
                 keep_rows(obj, rows)
 
         if tick % 500 == 0 or not any_active:
             now = time.time()
             if now - last_print > 5 or not any_active:
-                print(f"tick {tick}  episodes done {done_by_all}-{int(ep_count.max())}/{E}  "
-                      f"{tick / (now - start):.0f} ticks/s  {member_steps / (now - start):.0f} member-steps/s",
-                      flush=True)
+                print(progress_line(tick, done_by_all, int(ep_count.max()), E, member_steps, now - start), flush=True)
                 last_print = now
         if not any_active:
             break
+    final_theta[ids] = theta
     return {"status": status, "returns": returns.cpu().numpy(), "td_norm": td_norm.cpu().numpy(),
-            "op_hist": op_hist.cpu().numpy(), "ckpts": ckpts, "ticks": tick, "member_steps": member_steps,
+            "op_hist": op_hist.cpu().numpy(), "prog_hist": prog_hist.cpu().numpy(), "ckpts": ckpts,
+            "final_theta": final_theta.cpu(), "ticks": tick, "member_steps": member_steps,
             "wall": time.time() - start}
 
 
 def analyse(args: Args, sweep: Sweep, result: dict) -> dict:
     """Final reward and each order parameter's final value per run, their correlation reports and
-    over-training r. Returns {"perf" [M], "final" {param: [M]}, "series" {param: [M, C]}, "corr", "best"}."""
+    over-training r; and, at every checkpoint, the same correlations with the learning progress of
+    that moment (the design where progress still varies between the seeds of one (N, H)).
+    Returns {"perf" [M], "final" {param: [M]}, "series" {param: [M, C]}, "corr", "best", "by_checkpoint"}."""
     returns_np, td_np, op_np, ckpts = result["returns"], result["td_norm"], result["op_hist"], result["ckpts"]
     W = args.final_window
     perf = returns_np[:, -W:].mean(1)
@@ -1114,13 +1178,45 @@ def analyse(args: Args, sweep: Sweep, result: dict) -> dict:
     final["td_grad_norm"] = td_np[:, -W:].mean(1)
     series = {op: op_np[:, :, j] for j, op in enumerate(ORDER_PARAMS)}
     series["td_grad_norm"] = td_np[:, ckpts]
-    rng = np.random.default_rng(args.seed)
-    corr = {op: correlation_report(final[op], perf, sweep.sizes, sweep.config, args.bootstrap, rng)
-            for op in ALL_PARAMS}
+    corr = {op: correlation_report(final[op], perf, sweep.sizes, sweep.config) for op in ALL_PARAMS}
     for op in ALL_PARAMS:
         corr[op]["over_training_mean_r"] = float(np.nanmean(over_training_r(series[op], returns_np, ckpts, W)))
     best = max(ORDER_PARAMS, key=lambda op: abs(np.nan_to_num(corr[op]["r"])))
-    return {"perf": perf, "final": final, "series": series, "corr": corr, "best": best}
+    return {"perf": perf, "final": final, "series": series, "corr": corr, "best": best,
+            "by_checkpoint": checkpoint_analysis(args, sweep, result, series)}
+
+
+def checkpoint_analysis(args: Args, sweep: Sweep, result: dict, series: dict) -> dict:
+    """At each checkpoint episode c: the spread of learning progress within (N, H) and, for every
+    parameter at c, its within-(N, H) r over seeds with three progress measures at c: the trailing
+    final_window-episode training return (the seed's 'reward', at c), and on the corridor the greedy
+    policy's policy_correct and greedy_return (policy_progress, no exploration noise); also the
+    partial r given N. Every r with its Fisher-z CI."""
+    returns_np, ckpts, W = result["returns"], result["ckpts"], args.final_window
+    csum = np.concatenate([np.zeros((returns_np.shape[0], 1)), np.cumsum(returns_np, 1)], 1)
+    lo = np.maximum(ckpts + 1 - W, 0)
+    trailing = (csum[:, ckpts + 1] - csum[:, lo]) / (ckpts + 1 - lo)                      # [M, C]
+    measures = {"trailing_return": trailing}
+    if args.env == "corridor":
+        measures.update({name: result["prog_hist"][:, :, j] for j, name in enumerate(PROGRESS)})
+    out = {}
+    for k, c in enumerate(ckpts):
+        row = {"within_config_sd": {name: float(np.mean([m[sweep.config == g, k].std(ddof=1) if
+                                                         (sweep.config == g).sum() > 1 else np.nan
+                                                         for g in np.unique(sweep.config)]))
+                                    for name, m in measures.items()}}
+        if args.env == "corridor":
+            row["fraction_greedy_optimal"] = float(np.mean(result["prog_hist"][:, k, 1] == 12 - sweep.sizes))
+        for op in ALL_PARAMS:
+            row[op] = {}
+            for name, m in measures.items():
+                wc = partial_r(series[op][:, k], m[:, k], sweep.config)
+                gn = partial_r(series[op][:, k], m[:, k], sweep.sizes)
+                row[op][name] = {"within_config_r": wc["r"], "within_config_ci": wc["ci"],
+                                 "partial_r_given_size": gn["r"], "partial_ci": gn["ci"],
+                                 "r": pearson(series[op][:, k], m[:, k])}
+        out[int(c)] = row
+    return out
 
 
 def analysis_summary(args: Args, sweep: Sweep, a: dict) -> dict:
@@ -1128,6 +1224,7 @@ def analysis_summary(args: Args, sweep: Sweep, a: dict) -> dict:
     perf, config, corr, best = a["perf"], sweep.config, a["corr"], a["best"]
     out = {
         "best_order_parameter": best, "best_r": corr[best]["r"], "correlations": corr,
+        "by_checkpoint": a["by_checkpoint"],
         "final_reward": {sweep.config_labels[c]: {"mean": float(perf[config == c].mean()),
                                                   "std": float(perf[config == c].std()),
                                                   "runs": perf[config == c].tolist()} for c in np.unique(config)},
@@ -1151,20 +1248,43 @@ def _fmt(x: float) -> str:
     return "  nan" if not np.isfinite(x) else f"{x:+.2f}"
 
 
+def _ci(c: tuple) -> str:
+    return f"[{_fmt(c[0])}, {_fmt(c[1])}]"
+
+
 def print_tables(args: Args, sweep: Sweep, a: dict) -> None:
-    """The correlation table, the phase diagram of the best parameter and the performance diagram."""
+    """The correlation table (Fisher-z 95% CIs), the within-(N, H) table over checkpoints, the phase
+    diagram of the best parameter and the performance diagram."""
     corr, best, label, M = a["corr"], a["best"], sweep.label, len(sweep.names)
     sv, hv = list(args.env_sizes), list(args.hidden_dims)
-    print(f"\n===== order parameters vs final reward ({M} runs, {len(np.unique(sweep.config))} configs) =====")
-    print(f"{'parameter':20s} {'r [95% CI]':>22s} {'r(config means)':>16s} {'partial r|' + label:>16s} "
-          + " ".join(f"{'within ' + label + '=' + str(n):>12s}" for n in sv) + f" {'over training':>14s}")
+    print(f"\n===== order parameters vs final reward ({M} runs, {len(np.unique(sweep.config))} configs; "
+          f"Fisher-z 95% CIs) =====")
+    print(f"{'parameter':20s} {'r [95% CI]':>22s} {'r(config means)':>16s} {'partial r|' + label + ' [CI]':>24s} "
+          f"{'within (' + label + ',H) [CI]':>24s} " + " ".join(f"{'within ' + label + '=' + str(n):>12s}" for n in sv)
+          + f" {'over training':>14s}")
     for op in ALL_PARAMS:
         c = corr[op]
-        print(f"{op:20s} {_fmt(c['r']):>7s} [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] {_fmt(c['r_config_means']):>16s} "
-              f"{_fmt(c['partial_r_given_size']):>16s} "
+        print(f"{op:20s} {_fmt(c['r']):>7s} {_ci(c['ci'])} {_fmt(c['r_config_means']):>16s} "
+              f"{_fmt(c['partial_r_given_size']):>7s} {_ci(c['partial_ci'])}   "
+              f"{_fmt(c['within_config']['r']):>7s} {_ci(c['within_config']['ci'])}   "
               + " ".join(f"{_fmt(c['within_size'][int(n)]['r']):>12s}" for n in sv)
               + f" {_fmt(c['over_training_mean_r']):>14s}")
+    if corr[best]["n_configs"] < 3:
+        print("r(config means) is not reported with fewer than 3 configurations (it can only be +-1)")
     print(f"\nbest order parameter (largest |r| across runs): {best}")
+    measure = "policy_correct" if args.env == "corridor" else "trailing_return"
+    print(f"\n===== within-({label}, H) r over seeds at each checkpoint, vs {measure} and trailing return "
+          f"(Fisher-z 95% CI) =====")
+    print(f"{'episode':>8s} {'sd within':>10s} {'greedy opt':>10s} " + " ".join(
+        f"{op + ' ~ ' + m[:8]:>32s}" for op in ("gradient_magnitude", "td_grad_norm") for m in (measure, "trailing")))
+    for c, row in a["by_checkpoint"].items():
+        cells = []
+        for op in ("gradient_magnitude", "td_grad_norm"):
+            for m in (measure, "trailing_return"):
+                x = row[op][m]
+                cells.append(f"{_fmt(x['within_config_r']):>7s} {_ci(x['within_config_ci'])}")
+        print(f"{c:8d} {row['within_config_sd'][measure]:10.3f} {row.get('fraction_greedy_optimal', float('nan')):10.2f} "
+              + " ".join(f"{x:>32s}" for x in cells))
     for title, g in ((f"phase diagram: {best}", config_grid(a["final"][best], sweep, sv, hv)),
                      ("performance", config_grid(a["perf"], sweep, sv, hv))):
         print(f"\n{title} (rows {label}, columns H, mean over {args.num_seeds} seeds)")
@@ -1206,10 +1326,11 @@ def train(args: Args, log: RunLog) -> dict:
     theta = init_theta(torch.tensor(sweep.hidden, device=device), env.obs_dim, args.max_hidden, env.n_actions, gen)
     buf = ReplayBuffers(M, args.buffer_size, env.obs_dim, device)
 
-    prefill_replay(env, buf, args, gen)
+    prefill_replay(env, buf, args.prefill, args.bootstrap_truncation, gen)
     table = env.all_states() if args.env == "corridor" and args.exact_state_table else None
     probes = probe_states(env, buf, args.num_probe_states)
     result = train_lockstep(args, env, theta, layout, buf, probes, table, gen, log, sweep.names)
+    torch.save({"names": sweep.names, "theta": result["final_theta"]}, os.path.join(log.run_dir, "final_theta.pt"))
 
     wall = result["wall"]
     summary = {"status": result["status"], "env": args.env, "num_runs": M, "episodes": args.episodes,

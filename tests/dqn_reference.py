@@ -2,10 +2,10 @@
 python replay ring, nn.Sequential, torch.optim.Adam, python dicts for the selective-pressure
 tables, a per-sample loop for beta), used as the oracle for the batched scripts.
 
-It draws its random numbers from one torch.Generator in the scripts' order, so that a script run
-with a single member must reproduce it step for step:
-    init: rand(1, P) (order_parameter.init_theta);  pre-fill step: rand(1), randint(2, (1,));
-    env step: rand(1), randint(2, (1,));  gradient step: randint(size, (1, batch)).
+It draws its random numbers from one torch.Generator in the scripts' order and shapes, so that a
+script run with the same members must reproduce it step for step (rows = members in the batch):
+    init: rand(M, P) (order_parameter.init_theta);  pre-fill step: rand(M), randint(2, (M,));
+    env step: rand(rows), randint(2, (rows,));  gradient step: randint(size, (rows, batch)).
 """
 
 import math
@@ -29,100 +29,153 @@ def member_net(theta_m: torch.Tensor, layout, hidden: int) -> nn.Sequential:
     return net
 
 
-def reference_dqn(N, H, episodes, prefill, batch, buffer, seed, max_steps, lr, grad_steps, clip=None,
-                  order_every=None, probes=50, pressure=None):
-    """pressure = dict(alpha, gamma_u, kappa, uncertainty in {"variance", "constant"}) or None.
-    Returns {"returns", "order" (gradient_magnitude at checkpoints), "crystallization", "beta_mean"}."""
+class _Member:
+    """One member of reference_lockstep: its corridor, replay ring, nn.Sequential nets, Adam, tables."""
+
+    def __init__(self, theta_m, layout, N, H, lr, buffer, pressure):
+        self.N, self.H, self.pressure = N, H, pressure
+        self.net, self.tgt = member_net(theta_m, layout, H), member_net(theta_m, layout, H)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
+        self.ring, self.ptr = [None] * buffer, 0
+        self.p = self.steps = 0
+        self.eps, self.episode, self.ret = 1.0, 0, 0.0
+        self.V_sum, self.V_cnt, self.U, self.C, self.avg = {}, {}, {}, 0.5, []
+        self.g_norms, self.betas, self.clipped = [], [], []
+        self.out = {"returns": [], "td_norm": [], "order": [], "crystallization": [], "beta_mean": [],
+                    "clip_fraction": []}
+        self.clip_total = self.step_total = 0
+
+    def add(self, row):
+        self.ring[self.ptr], self.ptr = row, (self.ptr + 1) % len(self.ring)
+
+    def env_step(self, a, max_steps):
+        """The corridor: returns (cell before, reward, next cell, terminal-or-time-out) and restarts."""
+        p0 = self.p
+        p = max(p0 - 1, 0) if a == 0 else p0 + 1
+        self.steps += 1
+        goal = p == self.N - 1
+        done = goal or self.steps >= max_steps
+        self.p, self.steps = (0, 0) if done else (p, self.steps)
+        return p0, (10.0 if goal else -1.0), p, done
+
+    def flat_params(self):
+        return torch.cat([t.detach().flatten() for t in self.net.parameters()])
+
+
+def reference_lockstep(members, episodes, prefill, batch, buffer, seed, max_steps, lr, grad_steps, clip=None,
+                       order_every=None, probes=50, compaction=False, target_every=10, c_window=10):
+    """Several members in lockstep, one torch.Generator, each member in plain torch with python
+    data structures, drawing the scripts' batched random numbers (one draw of shape [rows] per tick
+    and [rows, batch] per gradient step, rows = the members still in the batch). members: list of
+    dict(N, H, pressure) with pressure None or dict(alpha, gamma_u, kappa, weighted, uncertainty).
+    compaction: drop the finished members from the batch when at most 3/4 of the rows are still
+    active (order_parameter.py's rule). Returns one dict per member: returns, td_norm, order
+    (gradient_magnitude at the checkpoints), crystallization, beta_mean, clip_fraction, clip_total,
+    final (the nn.Sequential at the end)."""
     gen = torch.Generator().manual_seed(seed)
-    layout = op.mlp_layout(1, H, 2)
-    theta = op.init_theta(torch.tensor([H]), 1, H, 2, gen)
-    net, tgt = member_net(theta[0], layout, H), member_net(theta[0], layout, H)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    ring, ptr = [None] * buffer, 0                                 # FIFO of (cell, a, r, next cell, done)
-    V_sum, V_cnt, U = {}, {}, {}                                   # the original's dict tables
-    C, avg = 0.5, []
-
-    def add(row):
-        nonlocal ptr
-        ring[ptr], ptr = row, (ptr + 1) % buffer
-
-    def env_step(p, steps, a):
-        p = max(p - 1, 0) if a == 0 else p + 1
-        steps += 1
-        goal = p == N - 1
-        return p, steps, (10.0 if goal else -1.0), goal or steps >= max_steps
-
-    p = steps = 0
+    Hmax, M = max(m["H"] for m in members), len(members)
+    layout = op.mlp_layout(1, Hmax, 2)
+    theta = op.init_theta(torch.tensor([m["H"] for m in members]), 1, Hmax, 2, gen)
+    mem = [_Member(theta[i], layout, m["N"], m["H"], lr, buffer, m["pressure"]) for i, m in enumerate(members)]
     for _ in range(prefill):
-        coin = torch.rand(1, generator=gen)[0] < 0.5
-        ra = int(torch.randint(0, 2, (1,), generator=gen)[0])
-        a = ra if coin else 1
-        p2, steps, r, done = env_step(p, steps, a)
-        add((p, a, r, p2, float(done)))
-        p, steps = (0, 0) if done else (p2, steps)
-    out = {"returns": [], "order": [], "crystallization": [], "beta_mean": []}
-    eps = 1.0
-    for e in range(episodes):
-        p = steps = 0
-        ret, done, betas = 0.0, False, []
-        while not done:
+        coin, ra = torch.rand(M, generator=gen), torch.randint(0, 2, (M,), generator=gen)
+        for i, m in enumerate(mem):
+            a = int(ra[i]) if coin[i] < 0.5 else 1
+            p0, r, p, done = m.env_step(a, max_steps)
+            m.add((p0, a, r, p, float(done)))
+    for m in mem:
+        m.p = m.steps = 0
+    size, rows = min(prefill, buffer), list(range(M))
+    while any(m.episode < episodes for m in mem):
+        R = len(rows)
+        explore, ra = torch.rand(R, generator=gen), torch.randint(0, 2, (R,), generator=gen)
+        active = {i: mem[i].episode < episodes for i in rows}
+        ends = {}
+        for k, i in enumerate(rows):
+            m = mem[i]
             with torch.no_grad():
-                q = net(torch.tensor([[p / N]]))
-            explore = torch.rand(1, generator=gen)[0] < eps
-            ra = int(torch.randint(0, 2, (1,), generator=gen)[0])
-            a = ra if explore else int(q.argmax())
-            if pressure is not None:                                # V: running mean of max_a Q(s_t, a)
-                V_sum[p] = V_sum.get(p, 0.0) + float(q.max())
-                V_cnt[p] = V_cnt.get(p, 0) + 1
-            p2, steps, r, done = env_step(p, steps, a)
-            ret += r
-            add((p, a, r, p2, float(done)))
-            p = p2
-            size = buffer - ring.count(None)
-            if size <= batch:
-                continue
+                q = m.net(torch.tensor([[m.p / m.N]]))
+            a = int(ra[k]) if explore[k] < m.eps else int(q.argmax())
+            if m.pressure is not None and active[i]:               # V: running mean of max_a Q(s_t, a)
+                m.V_sum[m.p] = m.V_sum.get(m.p, 0.0) + float(q.max())
+                m.V_cnt[m.p] = m.V_cnt.get(m.p, 0) + 1
+            p0, r, p, done = m.env_step(a, max_steps)
+            m.add((p0, a, r, p, float(done)))
+            ends[i] = (r, done)
+        size = min(size + 1, buffer)
+        if size > batch:
             for _ in range(grad_steps):
-                idx = torch.randint(0, size, (1, batch), generator=gen)[0].tolist()
-                cells = [ring[i][0] for i in idx]
-                s, a_, r_, s2, d = (torch.tensor([float(ring[i][k]) for i in idx]) for k in range(5))
-                s, s2, a_ = s / N, s2 / N, a_.long()
-                with torch.no_grad():
-                    y = r_ + 0.99 * tgt(s2[:, None]).max(1).values * (1 - d)
-                q_all = net(s[:, None])
-                err2 = (q_all.gather(1, a_[:, None]).squeeze(1) - y) ** 2
-                if pressure is None:
-                    loss = err2.mean()
-                else:
-                    w = []
-                    for i, k in enumerate(cells):                   # the original's per-sample loop
-                        v = V_sum[k] / V_cnt[k] if k in V_sum else 0.0
-                        u = U.get(k, 1.0)
-                        u_new = float(torch.var(q_all[i].detach())) if pressure["uncertainty"] == "variance" else 1.0
-                        U[k] = u_new if k not in U else 0.8 * U[k] + 0.2 * u_new
-                        w.append(math.exp(pressure["alpha"] * v - pressure["gamma_u"] * u) * C)
-                    w = torch.tensor(w)
-                    betas.append(float(w.mean()))
-                    loss = (w * err2).mean()
-                opt.zero_grad()
-                loss.backward()
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-                opt.step()
-        if e % 10 == 0:
-            tgt.load_state_dict(net.state_dict())
-        eps = max(0.01, eps * 0.99)
-        out["returns"].append(ret)
-        if order_every is not None and e % order_every == 0:
-            x = torch.linspace(0, 1, probes).view(-1, 1).requires_grad_(True)
-            net(x).sum().backward()
-            out["order"].append(float(x.grad.norm()))
-            opt.zero_grad()
-        if pressure is not None:
-            if e >= 10:                                             # the original's crystallization rule
-                m = float(np.mean(out["returns"][-10:]))
-                imp = (m - avg[-1]) / abs(avg[-1] + 1e-8) if avg else 0.0
-                avg.append(m)
-                C = max(0.1, min(2.0, C + pressure["kappa"] * imp))
-            out["crystallization"].append(C)
-            out["beta_mean"].append(float(np.mean(betas)) if betas else 0.0)
-    return out
+                idx_all = torch.randint(0, size, (R, batch), generator=gen)
+                for k, i in enumerate(rows):
+                    if active[i]:
+                        _grad_step(mem[i], idx_all[k].tolist(), clip)
+        for i in rows:
+            m = mem[i]
+            r, done = ends[i]
+            m.ret += r
+            if not (done and active[i]):
+                continue
+            e = m.episode
+            m.out["returns"].append(m.ret)
+            m.out["td_norm"].append(float(np.mean(m.g_norms)) if m.g_norms else 0.0)
+            if e % target_every == 0:
+                m.tgt.load_state_dict(m.net.state_dict())
+            m.eps = max(0.01, m.eps * 0.99)
+            if order_every is not None and e % order_every == 0:
+                x = torch.linspace(0, 1, probes).view(-1, 1).requires_grad_(True)
+                (dx,) = torch.autograd.grad(m.net(x).sum(), x)
+                m.out["order"].append(float(dx.norm()))
+            if m.pressure is not None:
+                if e >= c_window:                                  # the original's crystallization rule
+                    mean = float(np.mean(m.out["returns"][-c_window:]))
+                    imp = (mean - m.avg[-1]) / abs(m.avg[-1] + 1e-8) if m.avg else 0.0
+                    m.avg.append(mean)
+                    m.C = max(0.1, min(2.0, m.C + m.pressure["kappa"] * imp))
+                m.out["crystallization"].append(m.C)
+                m.out["beta_mean"].append(float(np.mean(m.betas)) if m.betas else 0.0)
+                m.out["clip_fraction"].append(float(np.mean(m.clipped)) if m.clipped else 0.0)
+            m.episode += 1
+        for i in rows:
+            if ends[i][1]:
+                mem[i].ret, mem[i].g_norms, mem[i].betas, mem[i].clipped = 0.0, [], [], []
+        n_active = sum(mem[i].episode < episodes for i in rows)
+        if compaction and 0 < n_active <= 0.75 * len(rows):
+            rows = [i for i in rows if mem[i].episode < episodes]
+    for m in mem:
+        m.out["final"], m.out["clip_total"], m.out["step_total"] = m.net, m.clip_total, m.step_total
+    return [m.out for m in mem]
+
+
+def _grad_step(m: _Member, idx, clip):
+    """One minibatch of member m: (weighted) MSE TD loss, the original's per-sample pressure loop, clip, Adam."""
+    cells = [m.ring[i][0] for i in idx]
+    s, a_, r_, s2, d = (torch.tensor([float(m.ring[i][k]) for i in idx]) for k in range(5))
+    s, s2, a_ = s / m.N, s2 / m.N, a_.long()
+    with torch.no_grad():
+        y = r_ + 0.99 * m.tgt(s2[:, None]).max(1).values * (1 - d)
+    q_all = m.net(s[:, None])
+    err2 = (q_all.gather(1, a_[:, None]).squeeze(1) - y) ** 2
+    pr = m.pressure
+    if pr is None:
+        loss = err2.mean()
+    else:
+        w = []
+        for i, k in enumerate(cells):                               # the original's per-sample loop
+            v = m.V_sum[k] / m.V_cnt[k] if k in m.V_sum else 0.0
+            u = m.U.get(k, 1.0)                                     # read BEFORE the update
+            u_new = float(torch.var(q_all[i].detach())) if pr["uncertainty"] == "variance" else 1.0
+            m.U[k] = u_new if k not in m.U else 0.8 * m.U[k] + 0.2 * u_new
+            w.append(math.exp(pr["alpha"] * v - pr["gamma_u"] * u) * m.C)
+        w = torch.tensor(w)
+        m.betas.append(float(w.mean()))
+        loss = (w * err2).mean() if pr["weighted"] else err2.mean()
+    m.opt.zero_grad()
+    loss.backward()
+    m.g_norms.append(float(torch.cat([p.grad.flatten() for p in m.net.parameters()]).norm()))
+    if clip is not None:
+        total = float(torch.nn.utils.clip_grad_norm_(m.net.parameters(), clip))
+        clipped = clip / (total + 1e-6) < 1.0
+        m.clipped.append(float(clipped))
+        m.clip_total += int(clipped)
+        m.step_total += 1
+    m.opt.step()

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_bad_input, read_json, read_metrics, run_in_process
-from dqn_reference import reference_dqn
+from dqn_reference import member_net, reference_lockstep
 
 import control_parameter as cp
 
 SCRIPT = "control_parameter.py"
 TINY = ("--env-size", "6", "--hidden-dim", "8", "--num-seeds", "2", "--episodes", "16", "--prefill", "40",
-        "--batch-size", "16", "--buffer-size", "200", "--bootstrap", "200", "--max-steps", "20")
+        "--batch-size", "16", "--buffer-size", "200", "--max-steps", "20")
 
 
 def test_value_table_is_a_running_mean_of_max_q():
@@ -68,21 +68,53 @@ def test_selective_pressure_by_hand():
 
 
 def test_crystallization_update_by_hand():
-    c, imp = cp.crystallization_update(torch.tensor([0.5, 0.5, 1.9, 0.5]), torch.tensor([-50.0, -40.0, -10.0, 0.0]),
-                                       torch.tensor([False, True, True, True]),
-                                       torch.tensor([-30.0, -20.0, -5.0, 3.0]), torch.tensor([0.01, 0.02, 1.0, 0.01]),
-                                       0.1, 2.0)
-    assert imp[0] == 0 and imp[1] == pytest.approx(0.5) and imp[2] == pytest.approx(0.5)
-    assert imp[3] == pytest.approx(3e8, rel=1e-5)                         # |m_prev + 1e-8| guards only 0
-    assert c.tolist() == pytest.approx([0.5, 0.51, 2.0, 2.0])             # clipped at 2
+    # improvements: none the first time, (-20 + 40) / 40 = 0.5, (-5 + 10) / 10 = 0.5, 3 / 1e-8
+    c = cp.crystallization_update(torch.tensor([0.5, 0.5, 1.9, 0.5, 0.5]),
+                                  torch.tensor([-50.0, -40.0, -10.0, 0.0, -40.0]),
+                                  torch.tensor([False, True, True, True, True]),
+                                  torch.tensor([-30.0, -20.0, -5.0, 3.0, -20.0]),
+                                  torch.tensor([0.01, 0.02, 1.0, 0.01, 0.1]), 0.1, 2.0)
+    assert c.tolist() == pytest.approx([0.5, 0.51, 2.0, 2.0, 0.55])      # kappa scales it; clipped at 2
 
 
-def test_mean_and_difference_cis_cover_the_estimate():
-    rng = np.random.default_rng(0)
-    m, lo, hi = cp.mean_ci(np.array([1.0, 2.0, 3.0, 4.0]), 500, rng)
-    assert m == 2.5 and lo < m < hi
-    d, lo, hi = cp.diff_ci(np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0]), 500, rng)
-    assert d == 4.5 and lo < d < hi and lo > 0
+def test_t_quantile_and_intervals_by_hand():
+    for df, q in ((1, 12.7062), (4, 2.7764), (9, 2.2622), (29, 2.0452), (7.5, 2.3332)):
+        assert cp.t_quantile(0.975, df) == pytest.approx(q, abs=2e-4), df
+    m, lo, hi = cp.mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))             # s = 1.291, t_3 = 3.1824
+    assert (m, lo, hi) == pytest.approx((2.5, 2.5 - 3.18245 * 1.29099 / 2, 2.5 + 3.18245 * 1.29099 / 2), abs=1e-4)
+    d, lo, hi = cp.diff_ci(np.array([5.0, 6.0, 7.0]), np.array([1.0, 2.0, 4.0, 9.0]))
+    vx, vy = 1.0 / 3, np.var([1.0, 2.0, 4.0, 9.0], ddof=1) / 4
+    df = (vx + vy) ** 2 / (vx ** 2 / 2 + vy ** 2 / 3)                   # Welch-Satterthwaite
+    h = cp.t_quantile(0.975, df) * math.sqrt(vx + vy)
+    assert (d, lo, hi) == pytest.approx((2.0, 2.0 - h, 2.0 + h))
+    assert all(math.isnan(v) for v in cp.mean_ci(np.array([3.0]))[1:] + cp.diff_ci(np.ones(3), np.ones(1))[1:])
+
+
+@pytest.mark.parametrize("n, m", [(5, 5), (10, 10)])
+def test_intervals_cover_at_the_scripts_sample_sizes(n, m):
+    """Coverage by simulation at this script's seed counts (5 by default, 10 in the benchmark): the
+    t-interval of a mean and Welch's interval of a difference with unequal variances (sd 1 vs 3). 2000 draws: a valid interval lands in [0.93, 0.97]; the
+    percentile bootstrap did not (0.84 at n = 5)."""
+    rng = np.random.default_rng(n * m)
+    hit_mean = hit_diff = 0
+    for _ in range(2000):
+        x, y = rng.normal(1.0, 1.0, size=n), rng.normal(-2.0, 3.0, size=m)
+        _, lo, hi = cp.mean_ci(x)
+        hit_mean += lo <= 1.0 <= hi
+        _, lo, hi = cp.diff_ci(x, y)
+        hit_diff += lo <= 3.0 <= hi
+    assert 0.93 <= hit_mean / 2000 <= 0.97 and 0.93 <= hit_diff / 2000 <= 0.97, (hit_mean, hit_diff)
+
+
+def test_clip_per_member_matches_clip_grad_norm_and_flags_the_clipped():
+    g = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+    clipped_grad, clipped = cp.clip_per_member(g, 1.0)
+    assert clipped.tolist() == [True, False]
+    for m in range(2):
+        p = torch.zeros(2, requires_grad=True)
+        p.grad = g[m].clone()
+        torch.nn.utils.clip_grad_norm_([p], 1.0)
+        assert torch.allclose(clipped_grad[m], p.grad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,22 +128,38 @@ def run_cp(tmp_path, *argv):
 
 
 @pytest.mark.parametrize("uncertainty", ["variance", "constant"])
-def test_batched_script_matches_an_unbatched_reference(tmp_path, uncertainty):
-    """One member (Value Focus, the config with the largest beta spread): same returns, same C(t),
-    same mean beta per episode as the original's per-sample loop with python dicts."""
-    code, run_dir = run_cp(tmp_path, "--configs", "ValueFocus", "--num-seeds", "1", "--env-size", "5",
+def test_batched_script_matches_an_unbatched_reference_with_a_baseline_in_the_batch(tmp_path, uncertainty):
+    """Three members in one batch, the Baseline (weights 1) between two weighted configurations,
+    against three plain-torch DQNs with the original's per-sample pressure loop (U read before its
+    update), drawing the same numbers: the same returns, C(t), mean beta, clip fraction per episode
+    and final parameters. Members finish at different ticks and keep stepping (masked) until the
+    last one is done, so a finished member that kept training would end with other parameters."""
+    configs = ("ValueFocus", "Baseline", "UncertaintyFocus")
+    code, run_dir = run_cp(tmp_path, "--configs", *configs, "--num-seeds", "1", "--env-size", "5",
                            "--hidden-dim", "6", "--episodes", "14", "--prefill", "30", "--batch-size", "8",
-                           "--buffer-size", "60", "--max-steps", "12", "--seed", "4", "--bootstrap", "50",
-                           "--uncertainty", uncertainty)
+                           "--buffer-size", "60", "--max-steps", "12", "--seed", "4", "--uncertainty", uncertainty)
     assert code == 0
+    members = [dict(N=5, H=6, pressure=dict(alpha=cp.CONFIGS[c][1], gamma_u=cp.CONFIGS[c][2], kappa=cp.CONFIGS[c][3],
+                                            weighted=cp.CONFIGS[c][0], uncertainty=uncertainty)) for c in configs]
+    want = reference_lockstep(members, episodes=14, prefill=30, batch=8, buffer=60, seed=4, max_steps=12, lr=1e-3,
+                              grad_steps=1, clip=1.0)
     rows = read_metrics(run_dir)
-    want = reference_dqn(N=5, H=6, episodes=14, prefill=30, batch=8, buffer=60, seed=4, max_steps=12, lr=1e-3,
-                         grad_steps=1, clip=1.0,
-                         pressure=dict(alpha=0.3, gamma_u=0.1, kappa=0.01, uncertainty=uncertainty))
-    assert [r["return/ValueFocus_s0"] for r in rows] == want["returns"]
-    assert np.allclose([r["crystallization/ValueFocus_s0"] for r in rows], want["crystallization"], atol=1e-6)
-    assert np.allclose([r["beta_mean/ValueFocus_s0"] for r in rows], want["beta_mean"], rtol=1e-4)
-    assert len(set(want["crystallization"])) > 1                       # C actually moved
+    saved = torch.load(run_dir / "final_theta.pt")
+    s = read_json(run_dir / "summary.json")
+    for m, (c, ref) in enumerate(zip(configs, want)):
+        name = f"{c}_s0"
+        assert saved["names"][m] == name
+        assert [r[f"return/{name}"] for r in rows] == ref["returns"], name
+        assert np.allclose([r[f"crystallization/{name}"] for r in rows], ref["crystallization"], atol=1e-6), name
+        assert np.allclose([r[f"beta_mean/{name}"] for r in rows], ref["beta_mean"], rtol=1e-4), name
+        assert np.allclose([r[f"clip_fraction/{name}"] for r in rows], ref["clip_fraction"]), name
+        assert s["configs"][c]["clip_fraction"][0] == pytest.approx(ref["clip_total"] / ref["step_total"])
+        net = member_net(saved["theta"][m], cp.mlp_layout(1, 6, 2), 6)
+        for mine, theirs in zip(net.parameters(), ref["final"].parameters()):
+            assert (mine - theirs).abs().max() < 1e-4, (name, (mine - theirs).abs().max())
+    assert len(set(want[2]["crystallization"])) > 1                    # C actually moved
+    assert 0 < want[0]["clip_total"] < want[0]["step_total"]           # the clip acted on some steps, not all
+    assert len({len(r["returns"]) for r in want}) == 1 and len({sum(r["returns"]) for r in want}) > 1
 
 
 def test_smoke_run_writes_every_output_with_sane_values(run):
@@ -126,11 +174,12 @@ def test_smoke_run_writes_every_output_with_sane_values(run):
     assert s["status"] == "ok" and s["num_runs"] == 10 and set(s["configs"]) == set(cp.CONFIGS)
     assert s["last_episode"] == 15 and s["rows_logged"] == 16
     for name, c in s["configs"].items():
-        assert -20 <= c["final_return_ma10"][0] <= 6
         if name == "Baseline":
             assert c["C_final"] is None and c["return_minus_baseline"] is None
         else:
-            assert 0.1 <= c["C_final"][0] <= 2.0
+            assert c["C_final"][0] == pytest.approx(np.mean(c["C_final_runs"]))
+            assert c["return_minus_baseline"][0] == pytest.approx(
+                np.mean(c["final_return_runs"]) - np.mean(s["configs"]["Baseline"]["final_return_runs"]))
     rows = read_metrics(run_dir)
     assert [r["episode"] for r in rows] == list(range(16))
     assert all(r["crystallization/SelectivePressure_s0"] == 0.5 for r in rows[:10])    # C moves from episode 10
@@ -163,13 +212,12 @@ def test_same_seed_same_numbers(tmp_path):
 def test_cartpole_runs(tmp_path):
     code, run_dir = run_cp(tmp_path, "--env", "CartPole-v1", "--configs", "Baseline", "ValueFocus", "--num-seeds",
                            "1", "--episodes", "5", "--c-window", "2", "--target-every", "2", "--prefill", "100",
-                           "--bootstrap", "50", "--success-return", "20")
+                           "--success-return", "20")
     assert code == 0
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["env"] == "CartPole-v1"
     rows = read_metrics(run_dir)
-    assert len(rows) == 5 and all(1 <= r["return/ValueFocus_s0"] <= 500 for r in rows)
-    assert all(0.1 <= r["crystallization/ValueFocus_s0"] <= 2.0 for r in rows)
+    assert len(rows) == 5
     assert len({r["crystallization/ValueFocus_s0"] for r in rows}) > 1             # C moved from episode 3 on
     assert s["configs"]["ValueFocus"]["C_final"][0] == rows[-1]["crystallization/ValueFocus_s0"]
     assert s["configs"]["ValueFocus"]["C_final"][1] is None                        # one seed: no CI, null not NaN
@@ -198,7 +246,6 @@ def test_cartpole_runs(tmp_path):
     (("--target-every", "0"), "--target-every must be positive"),
     (("--c-window", "0"), "--c-window must be positive"),
     (("--table-size", "0"), "--table-size must be positive"),
-    (("--bootstrap", "0"), "--bootstrap must be positive"),
     (("--torch-threads", "0"), "--torch-threads must be positive"),
     (("--learning-rate", "0"), "--learning-rate must be a finite number > 0"),
     (("--learning-rate", "nan"), "--learning-rate must be a finite number > 0"),
@@ -207,8 +254,9 @@ def test_cartpole_runs(tmp_path):
     (("--discount", "1.01"), "--discount must lie in [0, 1]"),
     (("--eps-start", "1.5"), "--eps-start must lie in [0, 1]"),
     (("--eps-end", "-0.1"), "--eps-end must lie in [0, 1]"),
-    (("--eps-decay", "nan"), "--eps-decay must lie in [0, 1]"),
-    (("--eps-start", "0.1", "--eps-end", "0.5"), "--eps-end 0.5 is above --eps-start 0.1"),
+    (("--eps-decay", "nan"), "--eps-decay is a per-episode factor and must lie in (0, 1]"),
+    (("--eps-decay", "0"), "--eps-decay is a per-episode factor and must lie in (0, 1]"),
+    (("--eps-start", "0.1", "--eps-end", "0.5"), "--eps-end 0.5 exceeds --eps-start 0.1"),
     (("--u-ema", "1"), "--u-ema must lie in [0, 1)"),
     (("--c-min", "0"), "need 0 < --c-min <= --c0 <= --c-max"),
     (("--c0", "3"), "need 0 < --c-min <= --c0 <= --c-max"),
@@ -245,7 +293,8 @@ def test_non_finite_training_stops_and_keeps_the_log(tmp_path, monkeypatch, caps
 
     def poisoned(grad, max_norm):                 # finite for 150 gradient steps, NaN from then on
         calls["n"] += 1
-        return real_clip(grad, max_norm) * (float("nan") if calls["n"] > 150 else 1.0)
+        g, clipped = real_clip(grad, max_norm)
+        return g * (float("nan") if calls["n"] > 150 else 1.0), clipped
 
     monkeypatch.setattr(cp, "clip_per_member", poisoned)
     code, run_dir = run_cp(tmp_path, *TINY, "--episodes", "300", "--configs", "Baseline", "ValueFocus")
