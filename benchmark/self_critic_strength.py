@@ -14,6 +14,8 @@ byte vocabulary + [LOSS], batch 16 x 32 tokens, pydoc_data.topics. Stages:
      ours (phase 1's AdamW carried over, lr 1e-3) | original (fresh AdamW, lr 1e-4);
   3. adversarial meta phases (noise, hotflip; 50 steps), then frozen and online phase 2 (ours);
   4. hack guard (frozen, 50-step checkpoint, ours): oracle and label-free signal, 50 guard meta steps.
+Run order: stage 1, stage 2 without the 400-step strength, 4, 3, then stage 2 at 400 (stage "5").
+A rerun skips every run that already finished (summary.json with status ok).
 """
 
 import argparse
@@ -57,6 +59,18 @@ def run(task):
     return name, after
 
 
+def todo(root, tasks):
+    """The tasks without a finished run (summary.json with status ok) under root: a rerun resumes."""
+    left = []
+    for name, r, kw in tasks:
+        done = [d for d in glob.glob(os.path.join(root, f"{name}__{kw['seed']}__*"))
+                if os.path.exists(os.path.join(d, "summary.json"))
+                and json.load(open(os.path.join(d, "summary.json"))).get("status") == "ok"]
+        if not done:
+            left.append((name, r, kw))
+    return left
+
+
 def ckpt(root, name, seed, m):
     (d,) = glob.glob(os.path.join(root, f"{name}__{seed}__*"))
     return os.path.join(d, f"meta_{m}.pt")
@@ -67,31 +81,37 @@ def main():
     ap.add_argument("--out", default=str(REPO / "benchmark/out/self_critic_strength"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     o = ap.parse_args()
     root = os.path.join(o.out, "runs")
     os.makedirs(root, exist_ok=True)
     pool = mp.get_context("spawn").Pool(o.jobs)
     p2 = dict(self_steps=SELF_STEPS, eval_every=EVAL_EVERY)
     if 1 in o.stages:
-        pool.map(run, [("meta", root, dict(seed=s, meta_steps=max(STRENGTHS), self_steps=0, eval_every=50,
-                                           save_meta_at=STRENGTHS)) for s in o.seeds])
-    if 2 in o.stages:
-        tasks = [(f"m{m}_{mode}_{opt}", root, dict(seed=s, init_meta=ckpt(root, "meta", s, m), **MODES[mode],
-                                                   **OPTIMS[opt], **p2))
-                 for s in o.seeds for m in STRENGTHS for opt in OPTIMS for mode in MODES]
-        pool.map(run, tasks, chunksize=1)
-    if 3 in o.stages:
-        pool.map(run, [(f"adv_{a}", root, dict(seed=s, meta_steps=50, self_steps=0, eval_every=50, adversarial=a,
-                                               save_meta_at=(50,))) for s in o.seeds for a in ("noise", "hotflip")])
-        pool.map(run, [(f"adv_{a}_{mode}", root, dict(seed=s, init_meta=ckpt(root, f"adv_{a}", s, 50),
-                                                      **MODES[mode], **OPTIMS["ours"], **p2))
-                       for s in o.seeds for a in ("noise", "hotflip") for mode in ("online", "frozen")], chunksize=1)
+        pool.map(run, todo(root, [("meta", root, dict(seed=s, meta_steps=max(STRENGTHS), self_steps=0, eval_every=50,
+                                           save_meta_at=STRENGTHS)) for s in o.seeds]))
+    def phase2(strengths):
+        return [(f"m{m}_{mode}_{opt}", root, dict(seed=s, init_meta=ckpt(root, "meta", s, m), **MODES[mode],
+                                                  **OPTIMS[opt], **p2))
+                for m in strengths for opt in OPTIMS for mode in MODES for s in o.seeds]
+
+    if 2 in o.stages:                                     # the strength axis, without its last point
+        pool.map(run, todo(root, phase2(STRENGTHS[:-1])), chunksize=1)
     if 4 in o.stages:
-        pool.map(run, [(f"guard_{sig}", root, dict(seed=s, init_meta=ckpt(root, "meta", s, 50), critic="frozen",
-                                                   hack_guard=True, guard_signal=sig, guard_meta_steps=50,
-                                                   **OPTIMS["ours"], **p2))
-                       for s in o.seeds for sig in ("oracle", "label_free")], chunksize=1)
+        pool.map(run, todo(root, [(f"guard_{sig}", root, dict(seed=s, init_meta=ckpt(root, "meta", s, 50),
+                                                              critic="frozen", hack_guard=True, guard_signal=sig,
+                                                              guard_meta_steps=50, **OPTIMS["ours"], **p2))
+                                  for s in o.seeds for sig in ("oracle", "label_free")]), chunksize=1)
+    if 3 in o.stages:
+        pool.map(run, todo(root, [(f"adv_{a}", root, dict(seed=s, meta_steps=50, self_steps=0, eval_every=50,
+                                                          adversarial=a, save_meta_at=(50,)))
+                                  for s in o.seeds for a in ("noise", "hotflip")]))
+        pool.map(run, todo(root, [(f"adv_{a}_{mode}", root, dict(seed=s, init_meta=ckpt(root, f"adv_{a}", s, 50),
+                                                                 **MODES[mode], **OPTIMS["ours"], **p2))
+                                  for s in o.seeds for a in ("noise", "hotflip") for mode in ("frozen", "online")]),
+                 chunksize=1)
+    if 5 in o.stages:                                     # the strength axis, its last point
+        pool.map(run, todo(root, phase2(STRENGTHS[-1:])), chunksize=1)
     pool.close()
     pool.join()
 

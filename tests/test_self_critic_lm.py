@@ -646,3 +646,25 @@ def test_init_meta_from_another_configuration_is_refused(tmp_path, capsys, monke
     assert code == 0
     assert_bad_input(S, SCRIPT, (*TINY, "--init-meta", str(run_a / "meta_10.pt"), "--n-embd", "64"),
                      "was made with --n-embd 32, this run has 64", capsys, tmp_path / "c", monkeypatch)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_phase2_optimizer_is_fresh_only_with_the_original_option(fresh, tmp_path, monkeypatch):
+    """--fresh-optimizer True (the original's optimisation): phase 2's first step uses a new AdamW with no
+    moments at --self-learning-rate; False carries phase 1's AdamW (its moments) over."""
+    seen, real = [], S.optimizer_step
+
+    def spy(rs, loss):
+        seen.append((rs.optimizer, len(rs.optimizer.state), rs.optimizer.param_groups[0]["lr"]))
+        real(rs, loss)
+
+    monkeypatch.setattr(S, "optimizer_step", spy)
+    code, _ = run_in_process(S, SCRIPT, "step", tmp_path, *TINY, "--self-steps", "4", "--sample-prompts", "0",
+                             "--self-learning-rate", "1e-4", "--fresh-optimizer", str(fresh))
+    assert code == 0 and len(seen) == 10 + 4
+    meta_opt, first_self = seen[9], seen[10]
+    assert meta_opt[2] == 3e-3 and first_self[2] == 1e-4 and all(s[2] == 1e-4 for s in seen[10:])
+    if fresh:
+        assert first_self[0] is not meta_opt[0] and first_self[1] == 0
+    else:
+        assert first_self[0] is meta_opt[0] and first_self[1] > 0
