@@ -897,8 +897,8 @@ def run_experiment(script: str, args, train, x_axis: str, root: str = "runs") ->
 # ==================================================================================================
 @torch.no_grad()
 def critic_targets(model, critic, x, y, loss_id: int, banned):
-    """(LM logits, the LM's argmax p, the critic's argmax targets t) on windows x -> y; critic None
-    (the truth control) is evaluated with the live model as its critic."""
+    """(LM logits, the LM's argmax p, the critic's argmax targets t) on windows x -> y; critic None is
+    read as the live model."""
     logits = lm_logits(model, x)
     pred = masked_argmax(logits, banned)
     return logits, pred, masked_argmax(critic_logits(model if critic is None else critic, pred, y, loss_id), banned)
@@ -1340,6 +1340,9 @@ def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
     critic = make_critic(model, args.critic)                          # frozen/ema: a copy of the start
     if critic is not None and critic is not model:
         critic.eval()
+    # the truth control trains on y; its critic numbers (agreement, self loss, target entropy) are those of a
+    # frozen copy of the start: how a fixed critic reads an LM that moves under true-label training
+    eval_critic = ref if critic is None else critic
     eval_at = set(phase2_eval_steps(args.self_steps, args.eval_every))
     guard_steps, hack_rows, segment = [], [], []     # segment: phase-2 evals since the last guard restore
     best_state, detected = None, False
@@ -1361,16 +1364,16 @@ def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
             status = f"non-finite loss at step {rs.step} (self loss {m[0]})"
             break
         train_row = {"train/self_loss": m[0], "train/critic_agreement": m[1]} if count else {}
-        row = record(rs, 2, self_step, critic, ref, {**train_row, "guard/restores": len(guard_steps)}, dt, count)
+        row = record(rs, 2, self_step, eval_critic, ref, {**train_row, "guard/restores": len(guard_steps)}, dt, count)
         hack_rows.append(row)
         segment.append(row)
         if self_step == 0:
-            snapshot(rs, "model_phase2_start", 0, critic)
+            snapshot(rs, "model_phase2_start", 0, eval_critic)
         if not detected and detect_hack([r["val/ce"] for r in hack_rows], [r["val/self_loss"] for r in hack_rows],
                                         args.hack_delta, args.hack_patience,
                                         [r["val/critic_agreement"] for r in hack_rows], args.hack_agree_drop) is not None:
             detected = True
-            snapshot(rs, "model_at_detection", self_step, critic)
+            snapshot(rs, "model_at_detection", self_step, eval_critic)
         if args.hack_guard and (len(segment) == 1 or (args.guard_signal == "oracle" and row["guard/ce"] <= min(
                 r["guard/ce"] for r in segment[:-1]))):
             best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(rs.optimizer.state_dict()))
@@ -1384,7 +1387,7 @@ def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
             best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(rs.optimizer.state_dict()))
         acc, count, t0 = torch.zeros(2, device=rs.device), 0, time.time()
     if hack_rows:
-        snapshot(rs, "model_end", hack_rows[-1]["self_step"], critic)
+        snapshot(rs, "model_end", hack_rows[-1]["self_step"], eval_critic)
     return status, hack_rows, guard_steps
 
 
