@@ -39,6 +39,16 @@ a constant input 1) eight evolved numbers (A, B, C, D, A', B', C', D'):
 pre = layer input (the observation for layer 0), post = y. sigma is not plastic under this rule.
 m = 0 with the reward zeroed, so h alone is Najarro's reward-free rule.
 
+Rule "nodepert" (hand-set, never evolved: the positive control that a rule CAN learn here; run on
+hiddenfood's held-out lifetimes): node perturbation with an eligibility trace on every layer,
+    xi = z^ - z,  e <- lam e + x xi^T / sigma^2,  W += lr (r - rbar) e,  rbar <- rbar + 0.05 (r - rbar)
+(lr 0.15, sigma 1, lam 0.8: picked on a small grid over seed 1's held-out lifetimes).
+mpnn --neuron-id True (default): both cells also read a one-hot identity of each action neuron (zeros
+off the action layer), so the two action neurons can differ (the seed's cells are symmetric in them).
+
+--evolve gru: a GRU actor (RL^2-style, the upper reference) fed [obs, last reward, last action]; its
+genome is the GRU's weights; it learns with its memory, not its weights.
+
 GA: the genome (rule parameters, or with --evolve actor the actor's own W, b [, sigma], rule off)
 of P individuals, initialised N(0, init_std^2). Fitness = return summed over a whole lifetime of
 --steps steps, mean (or min) over --evals-per-gen lifetimes. All individuals of a generation share
@@ -50,7 +60,17 @@ each gene gets + N(0, mutation_strength^2) with probability mutation_probability
 the worst fitness and is counted. --elitism original reproduces the seed's grouped copying (rows
 0..S-1 unmutated, which are 50 copies each of only the top 4 at P/S = 50).
 
+--optimizer es: OpenAI-ES instead of the GA, on the same evaluations per generation (P/2 antithetic pairs
+mean +- es_sigma eps, centred ranks, mean += es_lr g; the mean starts at 0, the rule that changes nothing).
+After the last generation the top --reeval-top (10) are re-evaluated on fresh validation lifetimes and the
+best there is the champion whose controls are reported.
+
 Environments (batched torch, float32):
+  hiddenfood       THE TASK THAT NEEDS LEARNING WITHIN A LIFETIME. obs 4-d [x, y, vx, vy]; the food sits at a
+                   hidden place on the unit circle (one angle per lifetime, never observed); FoodWorld's
+                   physics; the lifetime is --episodes episodes (each restarts at the origin at rest, the food
+                   stays); r = (d_before - d_after) / 0.9 + eaten (normalised, pays eating; after an eat the
+                   agent restarts at the origin). The return per episode is the within-lifetime learning curve.
   foodworld        7-d obs [x, y, vx, vy, food_x, food_y, count]; action = 2-d force in [-0.01, 0.01];
                    v <- 0.9 v + a (|v| <= 10); p <- p + v; walls at +-2 (clamp, v_axis *= -0.9);
                    food eaten within 0.1 -> count + 1 and the food rotates by a fixed angle about
@@ -75,7 +95,8 @@ Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: generation), summa
 Runtime:  defaults (P = 1000, 2 lifetimes x 200 steps, 30 generations, rule mpnn) are 12 M
           individual-steps: about 2 min of one CPU thread at the measured ~9e4 individual-steps per
           CPU-second (benchmark/ga_learning_rule_speed.sh), longer on a loaded machine.
-Result:   (README, FoodWorld, 3 seeds) evolving the actor directly (P = 1000, 8 lifetimes, 200
+Result:   hiddenfood (docs/ga_learning_rule.md, benchmark/ga_learning_rule_hidden.sh, 3 seeds, reduced budget):
+          see the docs table; FoodWorld (3 seeds, rows before the aliasing fix) evolving the actor directly (P = 1000, 8 lifetimes, 200
           generations) reaches a lifetime return of 8.25 +- 0.26 (about the foods eaten) on unseen
           layouts, against 8.32 +- 0.20 for a hand-written push-toward-food controller. No evolved rule of either family learns within its lifetime:
           the best mpnn rule ignores the reward (same return with it zeroed) and moves the agent on a

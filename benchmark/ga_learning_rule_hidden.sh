@@ -19,7 +19,7 @@ gens=${GENS:-50}
 common="--env hiddenfood --actor-shape 4 8 2 --steps 240 --episodes 6 --weight-init 0.1 --rule-lr 0.05
         --population-size 200 --num-survivors 20 --num-elites 4 --evals-per-gen 2 --eval-lifetimes 64
         --generations $gens"
-for seed in ${SEEDS:-"1 2 3"}; do
+for seed in ${SEEDS:-1 2 3}; do
   for method in actor gru mpnn abcd es_abcd; do
     case $method in
       actor) flags="--evolve actor" ;;

@@ -365,6 +365,7 @@ def test_node_perturbation_rule_by_hand():
     rule.update(actor, trace, torch.tensor([0.1]))                     # adv = 0.5 * (0.1 - 0.1) = 0
     np.testing.assert_allclose(actor.b[0].numpy(), [[e_b]])
     np.testing.assert_allclose(rule.eb[0].numpy(), [[0.5 * e_b - 2.0]])
+    np.testing.assert_allclose(rule.eW[0][0, :, 0].numpy(), [0.5 * e_b * 1.0 - 2.0, 0.5 * e_b * -2.0 + 4.0])
 
 
 def test_hand_set_rule_learns_where_the_hidden_food_is():
