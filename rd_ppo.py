@@ -9,7 +9,8 @@ RNN hidden state"? The post gives no code and no numbers; every numeric choice b
 The RD module, per environment, as implemented (explicit Euler, host-side numpy float32):
     state         a, h in R^{K x A}, K = obs_dim (rows: observation components),
                   A = n_actions (columns); 4x2 on CartPole, 2x2 on stateless CartPole.
-                  Reset to a = 0, h = 1 at the start of every episode (leaky: h = 0).
+                  Reset to a = 0, h = 1 at the start of every episode (leaky: h = 0); --rd-init fixed-point
+                  resets to the homogeneous point (a*, h*) instead.
     emphasis      w = softmax_k(min(|s_t|, 50))                         (K,)  which rows matter now
     drive         I[k,j] = g * w_k * s_t[k] * P[k,j]                      P: fixed random K x A matrix
                   (seeded by --rd-seed, rows centred over actions so it never shifts all logits alike)
@@ -37,7 +38,9 @@ homogeneous point a* = rho_a mu_h / (mu_a rho_h), h* = rho_a a* / mu_a turns uns
 perturbation when det(J - diag(D_a, D_h)) < 0, i.e. D_h > D_h* = g_h - f_h g_a / (f_a - D_a) (f_a > D_a),
 with J = [[f_a, f_h], [g_a, g_h]] = [[mu_a, -mu_a^2/rho_a], [2 rho_h a*, -mu_h]]. At the defaults
 (rho = 1, mu_a = 1, mu_h = 2, D_a = 0.1): D_h* = -2 + 4/0.9 = 2.44 (turing_threshold() computes it).
-The default D_h = 1 is below it; --rd-d-h 4 is a setting above it.
+The default D_h = 1 is below it; --rd-d-h 4 is a setting above it. But a = 0 is itself a stable
+fixed point (f_a = -mu_a there) and the default reset a = 0, h = 1 relaxes to it (h falls to h_min), where
+no diffusion-driven instability exists: the threshold only matters with --rd-init fixed-point.
 
 Every step's x_t and rd_used are stored in the rollout and reused unchanged when PPO recomputes
 log-probabilities, so the first minibatch of every update has ratio exactly 1 (debug/first_ratio_max_dev).
@@ -178,6 +181,9 @@ class Args:
     """a is clipped to [-c, c] and h to [h_min, c] (leaky: [-c, c])"""
     rd_h_min: float = 0.1
     """floor of the inhibitor, keeps a^2/h finite"""
+    rd_init: str = "zero"
+    """episode-start state: zero (a = 0, h = 1; relaxes to the trivial state a = 0, h = h_min) or
+    fixed-point (a = a*, h = h*, where a Turing instability can act)"""
     rd_seed: int = 0
     """seed of the fixed drive matrix P (separate from --seed)"""
     vary_rd_seed: bool = False
@@ -198,6 +204,7 @@ class Args:
 
 ENVS = ("cartpole", "stateless")
 RD_OUTS = ("module", "zero", "shuffle")
+RD_INITS = ("zero", "fixed-point")
 DYNAMICS = ("rd", "leaky")
 GUIDANCE = ("blind", "td")
 
@@ -205,7 +212,8 @@ GUIDANCE = ("blind", "td")
 def finalize_args(args: Args) -> Args:
     """Check the arguments and fill the derived fields; a ValueError carries a one-line reason."""
     for name, value, choices in (("env", args.env, ENVS), ("rd-out", args.rd_out, RD_OUTS),
-                                 ("rd-dynamics", args.rd_dynamics, DYNAMICS), ("guidance", args.guidance, GUIDANCE)):
+                                 ("rd-dynamics", args.rd_dynamics, DYNAMICS), ("guidance", args.guidance, GUIDANCE),
+                                 ("rd-init", args.rd_init, RD_INITS)):
         if value not in choices:
             raise ValueError(f"unknown --{name} {value!r}; choose one of {', '.join(choices)}")
     if not 0 <= args.seed < 2**32 or not 0 <= args.rd_seed < 2**32:
@@ -340,17 +348,24 @@ class RDParams:
     input_gain: float
     clamp: float
     h_min: float
+    init: str = "zero"
 
     @classmethod
     def from_args(cls, args: Args) -> "RDParams":
         return cls(args.rd_dt, args.rd_d_a, args.rd_d_h, args.rd_rho_a, args.rd_rho_h, args.rd_mu_a,
-                   args.rd_mu_h, args.gamma, args.rd_input_gain, args.rd_clamp, args.rd_h_min)
+                   args.rd_mu_h, args.gamma, args.rd_input_gain, args.rd_clamp, args.rd_h_min, args.rd_init)
+
+
+def homogeneous_point(p: RDParams) -> tuple[float, float]:
+    """(a*, h*) of the Gierer-Meinhardt reactions without drive or guidance: rho_a a/h = mu_a, rho_h a^2 = mu_h h."""
+    a_star = p.rho_a * p.mu_h / (p.mu_a * p.rho_h)
+    return a_star, p.rho_a * a_star / p.mu_a
 
 
 def turing_threshold(p: RDParams) -> float:
     """D_h above which a zero-mean (non-uniform over k) perturbation of the homogeneous Gierer-Meinhardt
     point grows, at gamma = 0 (see the module docstring); inf when no D_h destabilises it."""
-    a_star = p.rho_a * p.mu_h / (p.mu_a * p.rho_h)
+    a_star = homogeneous_point(p)[0]
     f_a, f_h, g_a, g_h = p.mu_a, -p.mu_a ** 2 / p.rho_a, 2 * p.rho_h * a_star, -p.mu_h
     if f_a - p.d_a <= 0:
         return math.inf
@@ -378,7 +393,7 @@ def rd_constants(p: RDParams, drive: np.ndarray, dynamics: str = "rd") -> dict[s
         "decay": both(p.d_a + p.mu_a, p.d_h + p.mu_h),       # the -D*x of diffusion merged with -mu*x
         "low": both(-p.clamp, p.h_min),
         "high": both(p.clamp, p.clamp),
-        "reset": both(0.0, 1.0),
+        "reset": both(0.0, 1.0) if p.init == "zero" else both(*homogeneous_point(p)),
         "drive": np.concatenate([p.input_gain * drive, np.zeros_like(drive)], axis=-1).astype(np.float32),
     }
 

@@ -159,6 +159,10 @@ def test_turing_threshold_from_the_linearisation_and_in_simulation():
             m.step(np.zeros((1, 4), dtype=np.float32))
         growth[d_h] = np.abs(m.a[0, :, 0] - m.a[0, :, 0].mean()).max()
     assert growth[1.9] < 1e-4 < 1e-2 < growth[3.0]
+    # --rd-init fixed-point starts episodes at (a*, h*) = (2, 2), where that instability can act
+    fp = R.RDModule(2, 4, 2, dataclasses.replace(DEFAULT_RD, init="fixed-point"), 0)
+    np.testing.assert_array_equal(fp.s, 2.0)
+    assert R.homogeneous_point(DEFAULT_RD) == (2.0, 2.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -535,6 +539,7 @@ def test_track_offline_writes_a_wandb_run(run):
     (("--rd-out", "noise"), "unknown --rd-out 'noise'"),
     (("--rd-dynamics", "gru"), "unknown --rd-dynamics 'gru'"),
     (("--guidance", "reward"), "unknown --guidance 'reward'"),
+    (("--rd-init", "one"), "unknown --rd-init 'one'"),
     (("--total-timesteps", "0"), "--total-timesteps must be positive"),
     (("--num-envs", "0"), "--num-envs must be positive"),
     (("--num-steps", "-1"), "--num-steps must be positive"),
