@@ -36,14 +36,23 @@ Configurations (beta0 = 1, C0 = 0.5):   alpha   gamma_u   kappa
     UncertaintyFocus                     0.1      0.4      0.02
     UncertaintyFocusK01                  0.1      0.4      0.01    (ablation: UF with VF's kappa)
 Why the ablation: C(T) - C0 = kappa * sum of relative improvements, and those sums depend on the
-returns, not on alpha or gamma_u; Adam is nearly invariant to a constant loss scale, so with U = 1
-the only real difference between the pressure configs is the relative weight exp(alpha V(s)).
-The reported 0.517 vs 0.508 is then kappa = 0.02 vs 0.01 alone.
+returns, not on alpha or gamma_u, so kappa = 0.02 vs 0.01 alone could produce the reported 0.517
+vs 0.508; the ablation (UncertaintyFocus with kappa 0.01) tests that directly. The factor
+beta0 * exp(-gamma_u U) * C(t) is NOT a harmless constant, even with U = 1: Adam's update is
+invariant to a constant gradient scale only without the clip, and the gradient-norm clip at 1.0
+acts before Adam on a large share of the steps (logged per episode and per configuration as
+clip_fraction), so a smaller loss scale means fewer clipped steps and larger effective updates;
+C(t) also drifts over training. The kappa conclusion rests on the ablation, not on invariance.
+Intervals: mean [Student-t 95% CI] over seeds; differences to the Baseline with Welch's t CI
+(Welch-Satterthwaite df); coverage checked by simulation in the tests at n = 5 and 10.
+Finished members stay in the batch until every member is done (masked: zero gradient, no Adam
+step, no table updates); only order_parameter.py compacts the batch.
 
 Run:      python control_parameter.py                           # 5 configs x 5 seeds, fixed U
           python control_parameter.py --uncertainty constant    # the original's U = 1
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: episode), summary.json,
-          control_parameter_analysis.png, crystallization_evolution.png
+          final_theta.pt (every member's final parameters), control_parameter_analysis.png,
+          crystallization_evolution.png
 Runtime:  the default comparison (25 runs) takes under a minute of CPU time on one thread (README).
 Result:   (README) C(T) = 0.517 for Uncertainty Focus against 0.508 for Value Focus reproduces with
           U = 1 and with the fixed U; the kappa ablation lands at 0.508, so the gap is kappa alone.

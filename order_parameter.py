@@ -29,14 +29,25 @@ first G pre-fill observations), online net, every --order-every episodes:
 and, logged every gradient step and averaged per episode, the quantity the seed's text talks
 about: td_grad_norm = || grad_theta L_TD ||_2, the weight gradient of the minibatch TD loss.
 
-Analysis: final_reward = mean return of the last 10 episodes; each order parameter's value at
-the last checkpoint (td_grad_norm: mean over the last 10 episodes). Pearson r across all runs
-with a bootstrap 95% CI (runs resampled), r across the seed-averaged configurations (the
-original's n = 9 design), r within each N, and the partial r controlling for N (both variables
-centred within each N, bootstrap resampling within N). Why: the optimum falls linearly in N while
-dQ/ds grows like N (Q changes ~1 per cell, a cell is 1/N wide in s), so an across-N r can be
-strongly negative with no link to learning inside a task. Over training, each run's order
-parameter series is correlated with its trailing 10-episode return at the checkpoints.
+Analysis, final episode (the seed's design): final_reward = mean return of the last 10
+episodes; each order parameter's value at the last checkpoint (td_grad_norm: mean over the last 10
+episodes). Pearson r across all runs, r across the seed-averaged configurations (the original's
+n = 9 design; not reported with fewer than 3 configurations, where it can only be +-1), r within
+each N, the partial r given N (both variables centred within each N) and the within-(N, H) r over
+seeds (both centred within each configuration). Why: the optimum falls linearly in N while dQ/ds
+grows like N (Q changes ~1 per cell, a cell is 1/N wide in s), so an across-N r can be strongly
+negative with no link to learning inside a task.
+Analysis, every checkpoint c (the design where learning still varies within (N, H)): by the last
+episode every run sits at the optimum, so within-N reward differences are exploration noise. At
+each checkpoint the same within-(N, H) and given-N correlations are computed between the order
+parameter at c and three progress measures at c: the trailing 10-episode training return, and
+the greedy policy's progress (no exploration noise; policy_progress):
+    policy_correct = fraction of cells p < N-1 whose greedy action is right (optimal: 1)
+    greedy_return  = return of the greedy policy from p = 0 within --max-steps
+Intervals: every r has a Fisher-z 95% CI, tanh(atanh r -+ 1.96 / sqrt(n - k - 3)), with k the
+number of group means partialled out (groups - 1); its coverage is checked by simulation in the
+tests at n = 9, 27 and 90. Over training, each run's order parameter series is correlated with its
+trailing 10-episode return at the checkpoints.
 
 Speed: every (N, H, seed) member of the sweep trains in lockstep as one batched network: the
 parameters of all members sit in one flat tensor [M, P] with hidden sizes zero-padded to
@@ -50,7 +61,8 @@ batch. GPU: the same code runs on CUDA with one host sync per tick (not measured
 Run:      python order_parameter.py                                   # 3 x 3 grid, 3 seeds
           python order_parameter.py --env CartPole-v1 --env-sizes 0 --hidden-dims 16 64 --max-steps 200
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: episode), summary.json,
-          learning_curves.png, phase_diagram.png, transition_analysis.png, order_over_training.png
+          final_theta.pt (every member's final parameters), learning_curves.png, phase_diagram.png,
+          transition_analysis.png, order_over_training.png
 Runtime:  the default sweep (27 runs, 300 episodes) takes about 2 minutes of CPU time on one
           thread (116 s measured; benchmark/seed000_speed.sh and README).
 Result:   (README) the seed's r = -0.95 reproduces: r(gradient_magnitude, final reward) = -1.00
