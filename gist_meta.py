@@ -14,31 +14,43 @@ A. Gist compression (the bottleneck). A sequence is [context c (Lc) | k gist tok
    i.e. causal everywhere, and nothing after the last gist sees the context: the continuation
    reaches c only through the gist positions' activations. Controls, same sequence and positions:
        full:  allowed = j <= q                              (no bottleneck; upper bound)
-       none:  allowed = j <= q AND NOT (q >= Lc AND j < Lc)  (nothing after c sees c; lower bound)
-   Loss: LM CE on the continuation (x_1 is predicted by the last gist position, x_i by x_{i-1}),
-   plus, with --a-context-loss True (default), ordinary LM CE on the context tokens, so that the
-   gist model stays a plain causal LM for stages B and C (Mu et al. score the output only). Report:
-   continuation CE on validation text for the three masks and the gist retention
-       R = (CE_none - CE_gist) / (CE_none - CE_full)       (1: gists keep everything, 0: nothing).
+       none:  allowed = j <= q AND NOT (q >= Lc AND j < Lc)  (ours: the gists do not see c either)
+       neg:   allowed = j <= q AND NOT (q >= Lc+k AND j < Lc+k)  (Mu et al.'s negative control: the
+              gists see c, nothing after them sees the gists or c)
+   (gist, neg and full agree entry by entry with Mu et al.'s make_gist_mask, make_neg_control_mask
+   and make_pos_control_mask, each AND causal.) Scored: x_2..x_Lx only (x_i predicted by x_{i-1});
+   x_1 is input, never scored, because the position that predicts it is the last gist, which sees
+   the context directly (Mu et al. never score it either). Loss: CE on the scored tokens plus, with
+   --a-context-loss True (default), LM CE on the context tokens, so that the gist model stays a plain
+   causal LM for stages B and C. Report: scored CE on validation text per mask, the positive-control
+   gap CE_none - CE_full, and the gist retention
+       R = (CE_none - CE_gist) / (CE_none - CE_full)       (1: gists keep everything, 0: nothing),
+   also against neg. --corpus repeat | letters | kv: synthetic text in which the context decides
+   the continuation (a random P-letter string repeated per line; each line uniform over its own S
+   of 62 symbols; each line a random map of m lowercase keys to uppercase values, written as pairs).
 B. Self-produced semantic loss (plan 2), starting from stage A's gist model f_theta. On a chunk
    s = (s_0..s_L) the LM predicts s_1..s_L teacher-forced; its prediction is made differentiable as
    soft embeddings  s^_i = softmax(logits_i / tau) @ E   (B, L, d)  (E: the encoding model's input
    embedding matrix, <gist> excluded; tau = --soft-temperature). We chose soft embeddings over
    REINFORCE: exact gradients, no variance, one extra matmul. The gist code of a span u is the
    final-layer hidden state at k gist tokens appended to it, z(u) = H([u | G])[-k:]  (B, k, d).
-       L_B = mean_{b,k} (1 - cos(z_enc(s^), z_tgt(E_tgt[s_1..s_L])))
+       L_B = mean_{b,k} (1 - cos(c(z_enc(s^)), c(sg z_tgt(E_tgt[s_1..s_L]))))
+   c(z) = z - mean_batch z with --b-center True (default; the common code is removed), sg = stop-gradient.
    The ground-truth code comes from a target copy (--b-target frozen: copied at the start of B;
    ema: theta_tgt <- d theta_tgt + (1-d) theta after each step, d = --b-ema). The prediction is
    encoded by the live model (--b-pred-encoder online, JEPA-like) or by the target copy (target:
    gradient reaches theta only through the predicted distribution). Report: validation CE after
-   --b-steps updates with L_B, with true CE, and with no update; collapse diagnostic = spread of
-   the unit-normalised gist codes across the batch, sqrt(sum_dims Var_batch(z/|z|)) in [0, 1].
+   --b-steps updates with L_B, with true CE, and with no update; collapse diagnostics = mean pairwise
+   cosine of the raw codes across the batch and the effective rank of the centred codes; the cosine
+   between the gradients of L_B and of true CE on the same batch.
 C. In-situ second-order learning of the gist (plan 3). Gist parameters phi = {k gist vectors
    (init: stage A's <gist> row), optional projection P (d x d, init I, --gist-proj), optional
    log-scale s (init 0, --learn-loss-scale)}:
        L_gist(theta, phi; s) = e^s * mean_{b,k} (1 - cos(P z_phi(s^), P z_phi([s^ ; E[s_1..s_L]])))
    (the gist of the model's own output against the gist of its own output followed by the truth;
-   bounded in [0, 2 e^s], so it cannot drift negative like the seed's scalar learned loss).
+   bounded in [0, 2 e^s], so it cannot drift negative like the seed's scalar learned loss). With
+   --c-stopgrad-target True (default) z_both is computed from theta detached: theta can only move
+   its own code towards the truth's, not the truth's code; z_both still depends on phi.
        inner:  theta' = theta - alpha * grad_theta L_gist(theta, phi)     on a training chunk
        outer:  L_out  = CE(theta'; validation chunk)     dL_out/dphi (and dL_out/dtheta with
                --meta-theta True) through the inner step, torch.func.functional_call +
@@ -51,9 +63,15 @@ C. In-situ second-order learning of the gist (plan 3). Gist parameters phi = {k 
    L_gist), v = grad CE(theta'); we take it by a forward difference (the DARTS approximation):
        dL_out/dphi ~ -alpha (grad_phi L_gist(theta + eps v) - grad_phi L_gist(theta)) / eps,
    eps = --fd-eps / |v|; theta (with --meta-theta) gets v itself (first-order MAML).
-   Report (on validation text never trained on): K = --eval-inner-steps SGD steps (lr alpha) on K
-   consecutive chunks with each update rule, then CE on the next chunk: learned L_gist, the fixed
-   gist loss (phi at its init), stage B's loss (frozen target = the start model), true CE, none.
+   This episodic phase (theta restored after every meta step) is phi's pre-training. Report (on
+   validation text never trained on): K = --eval-inner-steps SGD steps (lr alpha) on K consecutive
+   chunks with each update rule, then CE on the next chunk: learned L_gist, the fixed gist loss
+   (phi at its init), stage B's loss (frozen target = the start model), true CE, none.
+   Online phase (plan 3 as written, "learn indefinitely"): on a stream of N = --c-online-steps + 1
+   consecutive validation chunks, theta KEEPS every step theta_{t+1} = theta_t - alpha grad L(chunk t);
+   rule gist_meta: L = L_gist(phi_t) and phi takes one Adam step on CE(theta_{t+1}; chunk t+1)
+   through that step; gist_fixed: phi frozen; stage_b; ce; none. Reported: the CE of every chunk
+   under theta before it learns from it (prequential), averaged over the whole stream.
 
 Model: a Llama-style causal LM built from a config with Hugging Face transformers (1.0M parameters
 at the defaults), or a local checkpoint (--model-name-or-path), always with eager attention, since
@@ -70,10 +88,8 @@ Code:     finalize_args checks every argument and input file before a run folder
           runs stage_a, stage_b, stage_c and evaluate_stage_c in that order
 Runtime:  the defaults took 9 min wall / 4.3 min CPU on one thread of a shared 2-core VM
           (benchmark/gist_meta_defaults.sh); README, "Speed".
-Result:   (README, 1M params, 3 seeds) the gist bottleneck loses nothing measurable (the controls
-          barely differ at this scale); the stage-B semantic loss raises validation CE by 0.44 nats
-          where true CE lowers it by 0.09; the meta-learned gist loss neither helps nor hurts
-          (-0.0004 +- 0.0018 nats after 5 steps, true CE +0.024): meta-learning mostly turns it down.
+Result:   docs/gist_meta.md, "Results" (issue-13 runs: 0.14M params, --corpus repeat, 3 seeds;
+          benchmark/gist_meta_issue13.sh).
 """
 
 import copy

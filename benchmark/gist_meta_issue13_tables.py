@@ -1,0 +1,70 @@
+"""Tables of benchmark/gist_meta_issue13.sh (read from benchmark/out/gist_meta_issue13/runs/*/summary.json):
+mean and 95% t-interval over seeds (n = 3: t = 4.30); retention only over runs whose positive-control
+gap CE_none - CE_full is at least 0.5 nats (else it is a ratio of noise). Run: python benchmark/gist_meta_issue13_tables.py"""
+import glob
+import json
+import math
+import os
+from collections import defaultdict
+
+T95 = {2: 12.71, 3: 4.303, 4: 3.182, 5: 2.776}
+root = os.path.join(os.path.dirname(__file__), "out", "gist_meta_issue13", "runs")
+runs = defaultdict(list)
+for path in sorted(glob.glob(os.path.join(root, "*", "summary.json"))):
+    s = json.load(open(path))
+    if s.get("status") == "ok":
+        runs[os.path.basename(os.path.dirname(path)).split("__")[0]].append(s)
+
+
+def ci(vals):
+    vals = [v for v in vals if v is not None]
+    n = len(vals)
+    if n == 0:
+        return "—"
+    m = sum(vals) / n
+    if n == 1:
+        return f"{m:.3f} (n=1)"
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
+    return f"{m:.3f} ± {T95.get(n, 2.0) * sd / math.sqrt(n):.3f}"
+
+
+def col(name, key):
+    return ci([s.get(key) for s in runs[name]])
+
+
+print("## Stage A, P = 8, k = 4 (main)  n =", len(runs["main"]))
+print("| CE full | CE gist | CE none (ours) | CE neg (Mu et al.) | gap none-full | gap neg-full | retention vs none | vs neg |")
+print("|---|---|---|---|---|---|---|---|")
+print("| " + " | ".join(col("main", k) for k in ("a_ce_full", "a_ce_gist", "a_ce_none", "a_ce_neg", "a_gap_none_full",
+                                                  "a_gap_neg_full", "a_retention", "a_retention_neg")) + " |")
+print("\n## Retention curve (masks trained at each point)")
+print("| P | k | n | CE full | CE gist | CE none | gap none-full | retention (runs with gap >= 0.5 nats) |")
+print("|---|---|---|---|---|---|---|---|")
+for name in sorted([n for n in runs if n.startswith("curve_")] + ["main"],
+                   key=lambda n: (8, 4) if n == "main" else tuple(int(x[1:]) for x in n.split("_")[1:])):
+    P, k = (8, 4) if name == "main" else tuple(int(x[1:]) for x in name.split("_")[1:])
+    passing = [s["a_retention"] for s in runs[name] if s.get("a_gap_none_full", 0) >= 0.5]
+    ret = f"{ci(passing)} ({len(passing)} of {len(runs[name])} runs pass)" if passing else \
+        f"undefined: positive control fails in all {len(runs[name])} runs"
+    print(f"| {P} | {k} | {len(runs[name])} | " + " | ".join(col(name, key) for key in (
+        "a_ce_full", "a_ce_gist", "a_ce_none", "a_gap_none_full")) + f" | {ret} |")
+print("\n## Stage B (main)")
+print("| val CE none | L_B | true CE | pair cos truth start->end | pair cos pred end | eff rank pred / truth end | grad cos(L_B, CE) mean | first |")
+print("|---|---|---|---|---|---|---|---|")
+m = "main"
+print(f"| {col(m, 'b_val_ce_none')} | {col(m, 'b_val_ce_gist')} | {col(m, 'b_val_ce_ce')} | {col(m, 'b_pair_cos_true_start')} -> "
+      f"{col(m, 'b_pair_cos_true_final')} | {col(m, 'b_pair_cos_pred_final')} | {col(m, 'b_eff_rank_pred_final')} / "
+      f"{col(m, 'b_eff_rank_true_final')} | {col(m, 'b_grad_cos_ce_mean')} | {col(m, 'b_grad_cos_ce_first')} |")
+print("\n## Stage C online phase (main): CE over the whole stream (nats/token), gain = none - rule")
+print("| rule | CE over the stream | last quarter | gain vs none |")
+print("|---|---|---|---|")
+for r in ("gist_meta", "gist_fixed", "stage_b", "ce", "none"):
+    print(f"| {r} | {col(m, f'c_online_ce_{r}')} | {col(m, f'c_online_ce_last_{r}')} | {col(m, f'c_online_gain_{r}')} |")
+print("\n## Stage C episodic K-step gains (main)")
+print("| " + " | ".join(("learned", "fixed", "stage_b", "ce")) + " | e^s |")
+print("|---|---|---|---|---|")
+print("| " + " | ".join(col(m, f"c_eval_gain_{r}") for r in ("learned", "fixed", "stage_b", "ce"))
+      + f" | {col(m, 'c_loss_scale_final')} |")
+print("\n## Speed inside the main runs")
+print(f"masked/unmasked forward {col(m, 'a_fwd_masked_ratio')}; second-order meta step / CE fwd+bwd "
+      f"{col(m, 'c_meta_vs_ce_step')}; / plain step {col(m, 'c_meta_vs_plain')}")
