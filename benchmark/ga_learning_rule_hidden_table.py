@@ -38,11 +38,22 @@ def learning(h, key):
     return h[key]["episodes"][-1] - h[key]["episodes"][0] if key in h else None
 
 
+def rows_for(h, p=""):
+    """The numbers of one seed's run (prefix p: the hand-set rule's entries)."""
+    g = lambda key: get(h, p + key)
+    diff = lambda a, b: None if a is None or b is None else a - b
+    ep = h[p + "best"]["episodes"]
+    return {"return": g("best"), "ep1": ep[0], "ep6": ep[-1], "learning": ep[-1] - ep[0],
+            "zeroed": g("reward_zeroed"), "shuffled": g("reward_shuffled"),
+            "best-shuffled": diff(g("best"), g("reward_shuffled")), "off": g("plasticity_off"),
+            "fresh": g("frozen_fresh"), "same": g("frozen_same"), "same-fresh": diff(g("frozen_same"), g("frozen_fresh"))}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("runs")
     opts = ap.parse_args()
-    groups = defaultdict(list)
+    groups = defaultdict(dict)
     for run_dir in sorted(Path(opts.runs).iterdir()):
         if not (run_dir / "summary.json").exists():
             continue
@@ -50,41 +61,44 @@ def main():
         if summary.get("status") != "ok":
             continue
         config = json.loads((run_dir / "config.json").read_text())["args"]
-        groups[config["exp_name"]].append((config, summary))
-    cols = ["lifetime return", "episode 1", "episode 6", "learning (ep 6 − ep 1)", "reward zeroed",
-            "reward shuffled", "plasticity off", "frozen, fresh layouts", "frozen, same layouts", "seeds"]
-    print("| method | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
-    fixed = defaultdict(dict)
-    for name, runs in groups.items():
-        hs = [s["heldout"] for _, s in runs]
-        cells = [ci([get(h, "best") for h in hs]), ci([h["best"]["episodes"][0] for h in hs]),
-                 ci([h["best"]["episodes"][-1] for h in hs]), ci([learning(h, "best") for h in hs]),
-                 ci([get(h, "reward_zeroed") for h in hs]), ci([get(h, "reward_shuffled") for h in hs]),
-                 ci([get(h, "plasticity_off") for h in hs]), ci([get(h, "frozen_fresh") for h in hs]),
-                 ci([get(h, "frozen_same") for h in hs]), str(len(runs))]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-        for config, s in runs:
-            fixed[config["seed"]] = s["heldout"]
-    hs = list(fixed.values())
-    if hs:
-        p = "hand_rule/"
-        cells = [ci([get(h, p + "best") for h in hs]), ci([h[p + "best"]["episodes"][0] for h in hs]),
-                 ci([h[p + "best"]["episodes"][-1] for h in hs]), ci([learning(h, p + "best") for h in hs]),
-                 ci([get(h, p + "reward_zeroed") for h in hs]), ci([get(h, p + "reward_shuffled") for h in hs]),
-                 ci([get(h, p + "plasticity_off") for h in hs]), ci([get(h, p + "frozen_fresh") for h in hs]),
-                 ci([get(h, p + "frozen_same") for h in hs]), str(len(hs))]
-        print("| hand-set node perturbation (not evolved) | " + " | ".join(cells) + " |")
-        for key, label in (("oracle", "oracle (told where the food is)"), ("zero_action", "zero action")):
-            cells = [ci([get(h, key) for h in hs]), ci([h[key]["episodes"][0] for h in hs]),
-                     ci([h[key]["episodes"][-1] for h in hs])] + ["—"] * 6 + [str(len(hs))]
-            print(f"| {label} | " + " | ".join(cells) + " |")
+        groups[config["exp_name"]][config["seed"]] = summary
+    fixed_name = next((n for n in groups if "actor" in n), None)
+    table = {}
+    for name, runs in sorted(groups.items()):
+        table[name] = {seed: rows_for(s["heldout"]) for seed, s in runs.items()}
+    any_runs = next(iter(groups.values()), {})
+    per_seed = {}
+    for runs in groups.values():
+        per_seed.update({seed: s["heldout"] for seed, s in runs.items()})
+    table["hand-set node perturbation (not evolved)"] = {seed: rows_for(h, "hand_rule/") for seed, h in per_seed.items()}
+    fixed = table.get(fixed_name, {})
+    print("| method | seeds | lifetime return | episode 1 | episode 6 | learning (ep 6 − ep 1) | "
+          "minus the fixed actor (paired) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, seeds in table.items():
+        col = lambda key: ci([r[key] for r in seeds.values()])
+        vs = ci([r["return"] - fixed[s]["return"] for s, r in seeds.items() if s in fixed])
+        print(f"| {name} | {len(seeds)} | {col('return')} | {col('ep1')} | {col('ep6')} | {col('learning')} | {vs} |")
+    for key, label in (("oracle", "oracle (told where the food is)"), ("zero_action", "zero action")):
+        hs = list(per_seed.values())
+        print(f"| {label} | {len(hs)} | {ci([get(h, key) for h in hs])} | {ci([h[key]['episodes'][0] for h in hs])} | "
+              f"{ci([h[key]['episodes'][-1] for h in hs])} | — | — |")
     print()
-    print("| method | champion rank among the re-evaluated top k (per seed) | final best training fitness |")
+    print("| method | reward zeroed | reward shuffled | return − shuffled (paired) | plasticity off | "
+          "frozen, fresh layouts | frozen, same layouts | same − fresh (paired) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, seeds in table.items():
+        if name == fixed_name:
+            continue
+        col = lambda key: ci([r[key] for r in seeds.values()])
+        print(f"| {name} | " + " | ".join(col(k) for k in ("zeroed", "shuffled", "best-shuffled", "off", "fresh", "same",
+                                                            "same-fresh")) + " |")
+    print()
+    print("| method | per seed: lifetime return (seed: value) | champion's rank among the re-evaluated top k |")
     print("|---|---|---|")
-    for name, runs in groups.items():
-        print(f"| {name} | {[s.get('champion_rank') for _, s in runs]} | "
-              f"{ci([s.get('final_best_fitness') for _, s in runs])} |")
+    for name, runs in sorted(groups.items()):
+        vals = ", ".join(f"{seed}: {s['heldout']['best']['return']:.2f}" for seed, s in sorted(runs.items()))
+        print(f"| {name} | {vals} | {[s.get('champion_rank') for _, s in sorted(runs.items())]} |")
 
 
 if __name__ == "__main__":
