@@ -65,9 +65,11 @@ Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: episode), summary.
           transition_analysis.png, order_over_training.png
 Runtime:  the default sweep (27 runs, 300 episodes) takes about 2 minutes of CPU time on one
           thread (116 s measured; benchmark/seed000_speed.sh and README).
-Result:   (README) the seed's r = -0.95 reproduces: r(gradient_magnitude, final reward) = -1.00
-          across the 27 runs. It is carried by N: controlling for N the partial r is -0.37 with a
-          CI spanning 0, and within each N it is +0.11, -0.31 and -0.51.
+Result:   (docs/order_parameter.md; benchmark/order_parameter_within.sh, 10 seeds, 90 runs) the
+          seed's r = -0.95 reproduces: r(gradient_magnitude, final reward) = -0.97 [-0.98, -0.95].
+          It is carried by N: the partial r given N is -0.05 [-0.26, +0.16], and at episodes
+          10-70, where 41-61% of the greedy policies are optimal, the within-(N, H) r with the
+          greedy policy's progress is -0.19 to +0.13 (Fisher-z CIs about +-0.22, all spanning 0).
 """
 
 import json
