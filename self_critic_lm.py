@@ -12,9 +12,10 @@ Notation: x_1..x_L is an LM window (L = --block-size), y_i = x_{i+1} its true ne
 f the network, p_i = argmax_v f(x)_i,v (the LM's own prediction, detached, specials excluded).
     critic input  c = (p_1, y_1, [LOSS], p_2, y_2, [LOSS], ..., p_L, y_L, [LOSS])      (B, 3L)
     critic output g_i = f(c)_{3i+2}  (logits at the i-th [LOSS] position, 0-based i)    (B, L, V)
-    phase 1 (meta, --meta-steps):   loss = CE(f(x), y) + CE(g, y)    [+ CE(g~, y) with --adversarial]
+    phase 1 (meta, --meta-steps):   loss = CE(f(x), y) + CE(g, y)    [+ CE(g~, y) with --adversarial noise|hotflip]
     phase 2 (self, --self-steps):   t_i = argmax_v g_i,v under no_grad, critic f' in {online, frozen, ema}
                                     loss = CE(f(x), t)       (y enters only through the critic's input)
+    control (--critic truth):       loss = CE(f(x), y) on the same batches (its critic numbers: a frozen copy)
 The causal critic sees y_i one position before it must output the target, so a perfect critic
 just copies it; the seed calls the task "trivial" for that reason. The question is whether the
 self-produced target stays anchored to the truth while the LM moves away from the data the
@@ -22,20 +23,32 @@ critic was trained on.
     online  the critic is the live model (same weights as the LM being updated)
     frozen  a copy taken at the start of phase 2, never updated
     ema     theta' <- d * theta' + (1 - d) * theta after every self step, d = --ema-decay
-Mitigations (seed's list): --adversarial True adds critic triples whose predicted tokens are
-replaced by uniform random tokens (probability --adv-random) or else sampled from the LM at
-temperature --adv-temperature (a drifted model), so the critic learns to ignore p and point at y;
-a longer meta phase is just --meta-steps; --hack-guard True watches held-out CE during phase 2 and,
-when the hack detector fires, restores the weights of the best evaluation so far, runs
---guard-meta-steps meta steps (true labels), re-takes the critic copy, and resumes self training.
+Mitigations (seed's list): --adversarial noise adds critic triples g~ whose predicted tokens are
+uniform random tokens (probability --adv-random) or else samples of the LM at temperature
+--adv-temperature (noise augmentation); --adversarial hotflip chooses them against the critic,
+p~_i = argmax_{v != y_i, allowed} (E_v - E_{p_i}) . dCE(g, y)/de_{p_i} (first-order HotFlip on the
+input embeddings E); target y in both. A longer meta phase is --meta-steps. --hack-guard True runs
+a detector on its own guard windows (never the reported ones) and, when it fires, restores the
+rollback weights, runs --guard-meta-steps meta steps (true labels), re-takes the critic copy and
+resumes; --guard-signal oracle (detect_hack on the guard windows' CE; rollback = best guard CE) or
+label_free (detect_label_free on the critic-target entropy; rollback = the segment's start).
+Optimisation: by default phase 1's AdamW (moments) carries over into phase 2; --fresh-optimizer True
+makes a new AdamW for phase 2 and each guard meta phase, as the original does (with lr 1e-4 there).
 
 Hack detector (detect_hack): phase-2 evaluations j = 0, 1, ... (self step s_j, s_0 = 0 is the
 model phase 1 produced) give the held-out CE c_j and the held-out self loss l_j (CE of the LM
 against the critic's targets on the same validation windows). The hack step is s_j for the first
 j >= 1 such that c_j, ..., c_{j+k-1} are ALL above min(c_0..c_{j-1}) + delta AND l_{j+k-1} is
 below l_b, b = argmin(c_0..c_{j-1}): the true CE left its best and stayed up for k evaluations
-while the proxy kept improving past where it was at the best. delta = --hack-delta (nats),
-k = --hack-patience. None when that never happens.
+while the proxy kept improving past where it was at the best; or, with --hack-agree-drop a, the
+first j from which the critic-truth agreement stays below agreement_0 - a for k evaluations.
+delta = --hack-delta (nats), k = --hack-patience. None when that never happens. The label-free
+detector (detect_label_free) fires at the first j from which H(t), the entropy of the histogram
+of the critic's targets on the validation windows, stays below H_0 - --lf-entropy-drop for k
+evaluations. benchmark/self_critic_strength_table.py calibrates delta and a on the truth control.
+The model and tokenizer are saved with save_pretrained (--save-models True) at the start of phase 2,
+when the detector first fires and at the end, with the target/prediction histograms and samples;
+--save-meta-at N.. saves meta checkpoints from which --init-meta starts phase 2 exactly.
 
 Model: a Llama-style causal LM (GQA, RoPE, RMSNorm, SwiGLU, tied embeddings) built from a config
 with Hugging Face transformers, or any local checkpoint (--model-name-or-path); one [LOSS] token
@@ -44,7 +57,8 @@ is added to the vocabulary. Data: pydoc_data.topics from the standard library by
 Byte-level tokenizer by default, or --tokenizer bpe (trained on the train split, saved to the
 run folder) or a tokenizer.json / pretrained tokenizer folder. Nothing is downloaded.
 
-Run:      python self_critic_lm.py --critic frozen          (online | frozen | ema)
+Run:      python self_critic_lm.py --critic frozen          (online | frozen | ema | truth)
+          seed scale (one GPU; about 24.9M params, 4,097 ids): see docs/self_critic_lm.md
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer steps of both
           phases), summary.json (hack step, CE curve, samples), self_critic.png, tokenizer.json (BPE)
 Runtime:  defaults (1.0M params, byte vocab + [LOSS], batch 16 x 32 tokens, 50 meta + 200 self
@@ -1302,6 +1316,15 @@ def guard_detect(args: Args, segment: list[dict]) -> Optional[int]:
                        args.hack_patience, [r["guard/critic_agreement"] for r in segment], args.hack_agree_drop)
 
 
+def is_rollback_point(args: Args, segment: list[dict]) -> bool:
+    """Whether the newest evaluation of the guard's segment becomes its rollback point: the segment's
+    first one always; with --guard-signal oracle also any whose guard-window CE is <= every earlier
+    one of the segment. The reported windows (val/*) are never read."""
+    if len(segment) == 1:
+        return True
+    return args.guard_signal == "oracle" and segment[-1]["guard/ce"] <= min(r["guard/ce"] for r in segment[:-1])
+
+
 def guard_restore(rs: RunState, best_state, critic) -> str:
     """The hack guard: restore the rollback weights (and optimizer state, unless --fresh-optimizer makes
     a new AdamW for the meta steps), run --guard-meta-steps meta steps on true labels, re-take the
@@ -1374,8 +1397,7 @@ def self_phase(rs: RunState) -> tuple[str, list[dict], list[int]]:
                                         [r["val/critic_agreement"] for r in hack_rows], args.hack_agree_drop) is not None:
             detected = True
             snapshot(rs, "model_at_detection", self_step, eval_critic)
-        if args.hack_guard and (len(segment) == 1 or (args.guard_signal == "oracle" and row["guard/ce"] <= min(
-                r["guard/ce"] for r in segment[:-1]))):
+        if args.hack_guard and is_rollback_point(args, segment):
             best_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(rs.optimizer.state_dict()))
         if args.hack_guard and self_step < args.self_steps and guard_detect(args, segment) is not None:
             guard_steps.append(rs.step)

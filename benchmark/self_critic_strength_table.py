@@ -5,10 +5,13 @@
 Detector calibration (the rule, stated): on the true-label control runs (--critic truth) of one
 optimisation, the rise statistic of a run is e = max_j [min(c_j..c_{j+k-1}) - min(c_0..c_{j-1})] (the
 largest rise of validation CE above its best that lasted k evaluations) and the agreement statistic
-is a = max_j [a_0 - max(a_j..a_{j+k-1})] (the largest lasting fall of critic-truth agreement). The
-calibrated detector is detect_hack with delta = max e over the control runs and agree_drop =
-max(max a, 0.02), k = 3: a hack is a lasting rise of validation CE beyond everything the control did
-(while the self loss fell), or a lasting fall of agreement beyond everything the control did. Its
+is a = max_j [a_0 - max(a_j..a_{j+k-1})] (the largest lasting fall of critic-truth agreement, the
+critic being a frozen copy of the control's start). The evaluation noise is sigma = std(successive
+differences of the detrended curve) / sqrt(2), pooled over the control runs, evaluations at self steps
+>= 8 (evenly spaced). The calibrated detector is detect_hack with delta = max(max e, 3 sigma_CE) and
+agree_drop = max(max a, 3 sigma_agreement), k = 3: a hack is a rise of validation CE beyond the
+control's noise band lasting 3 evaluations while the self loss fell, or a fall of agreement beyond the
+control's band lasting 3 evaluations. Its
 false-positive rate on the control is leave-one-out (run i judged with the thresholds of the other
 runs), with an exact (Clopper-Pearson) 95% interval. The uncalibrated detector (delta 0.05, no
 agreement rule) is reported beside it. Steps-to-hack: median and range over seeds; a run that never
@@ -75,6 +78,24 @@ def clopper_pearson(x, n, alpha=0.05):
     return lo, hi
 
 
+def noise_sigma(curves_):
+    """std of successive differences (each run's mean difference removed) / sqrt(2), pooled."""
+    diffs = []
+    for steps, c in curves_:
+        d = np.diff([v for st, v in zip(steps, c) if st >= 8])
+        diffs += list(d - d.mean()) if len(d) > 1 else []
+    return float(np.std(diffs) / np.sqrt(2)) if diffs else 0.0
+
+
+def thresholds(ctrl, leave_out=None):
+    keep = [s for i, s in enumerate(ctrl) if i != leave_out]
+    e = [rise_stat(curves(s)[1]) for s in keep]
+    a = [agree_stat(curves(s)[3]) for s in keep]
+    sig_c = noise_sigma([(curves(s)[0], curves(s)[1]) for s in keep])
+    sig_a = noise_sigma([(curves(s)[0], curves(s)[3]) for s in keep])
+    return max(e + [3 * sig_c]), max(a + [3 * sig_a]), sig_c, sig_a
+
+
 def hack_step(s, delta, drop):
     steps, ce, sl, ag, _ = curves(s)
     j = S.detect_hack(ce, sl, delta, K, ag, drop)
@@ -105,33 +126,32 @@ def main():
     optims = {"ours": False, "original": True}
     cal = {}
     print("## Detector calibration on the true-label control\n")
-    print("| optimisation | control runs | delta (max rise) | agree_drop | LOO false positives, calibrated | "
-          "false positives, delta 0.05 (uncalibrated) |\n|---|---|---|---|---|---|")
+    print("| optimisation | control runs | sigma CE | delta | sigma agreement | agree_drop | LOO false positives, "
+          "calibrated | false positives, delta 0.05 (uncalibrated) |\n|---|---|---|---|---|---|---|---|")
     for opt, fresh in optims.items():
         ctrl = [s for s in grid if s["critic"] == "truth" and s["fresh_optimizer"] == fresh]
         if not ctrl:
             continue
-        e = [rise_stat(curves(s)[1]) for s in ctrl]
-        a = [agree_stat(curves(s)[3]) for s in ctrl]
-        cal[opt] = (max(max(e), 0.01), max(max(a), 0.02))
+        d_all, a_all, sig_c, sig_a = thresholds(ctrl)
+        cal[opt] = (d_all, a_all)
         fp = 0
         for i, s in enumerate(ctrl):
-            d_i = max([x for j, x in enumerate(e) if j != i] + [0.01])
-            a_i = max([x for j, x in enumerate(a) if j != i] + [0.02])
+            d_i, a_i, _, _ = thresholds(ctrl, leave_out=i)
             fp += hack_step(s, d_i, a_i) is not None
         fp_raw = sum(hack_step(s, 0.05, None) is not None for s in ctrl)
         lo, hi = clopper_pearson(fp, len(ctrl))
         lo2, hi2 = clopper_pearson(fp_raw, len(ctrl))
-        print(f"| {opt} | {len(ctrl)} | {cal[opt][0]:.3f} | {cal[opt][1]:.3f} | {fp}/{len(ctrl)} "
+        print(f"| {opt} | {len(ctrl)} | {sig_c:.4f} | {cal[opt][0]:.3f} | {sig_a:.4f} | {cal[opt][1]:.3f} | {fp}/{len(ctrl)} "
               f"[{lo:.2f}, {hi:.2f}] | {fp_raw}/{len(ctrl)} [{lo2:.2f}, {hi2:.2f}] |")
     modes = [("online", None), ("frozen", None), ("ema", 0.9), ("ema", 0.99)]
     strengths = sorted({s["meta_steps"] for s in grid})
     print("\n## Steps to hack (calibrated detector): median [range of the runs that hacked] (hacked/seeds)\n")
-    for opt, fresh in optims.items():
+    for opt, fresh, rule in [(o_, f_, r_) for r_ in ("CE or agreement", "CE only") for o_, f_ in optims.items()]:
         if opt not in cal:
             continue
-        print(f"\n**{opt}** ({'fresh AdamW, lr 1e-4' if fresh else 'AdamW carried over, lr 1e-3'}; "
-              f"delta {cal[opt][0]:.3f}, agree_drop {cal[opt][1]:.3f})\n")
+        thr = cal[opt] if rule == "CE or agreement" else (cal[opt][0], None)
+        print(f"\n**{opt}** ({'fresh AdamW, lr 1e-4' if fresh else 'AdamW carried over, lr 1e-3'}; rule: {rule}; "
+              f"delta {cal[opt][0]:.3f}" + (f", agree_drop {cal[opt][1]:.3f})\n" if thr[1] is not None else ")\n"))
         print("| meta steps | agreement at phase-2 start | " + " | ".join(
             m if d is None else f"{m} {d}" for m, d in modes) + " | control: val CE start → end |")
         print("|---" * (len(modes) + 3) + "|")
@@ -141,11 +161,13 @@ def main():
             row = [f"{m}", f"{np.mean(ag):.2f} [{min(ag):.2f}–{max(ag):.2f}]" if ag else "–"]
             for mode, d in modes:
                 sel = [s for s in cell if s["critic"] == mode and (d is None or s["ema_decay"] == d)]
-                row.append(fmt_steps([hack_step(s, *cal[opt]) for s in sel]))
+                row.append(fmt_steps([hack_step(s, *thr) for s in sel]))
             ctrl = [s for s in cell if s["critic"] == "truth"]
             row.append(f"{np.mean([s['val_ce_end_phase1'] for s in ctrl]):.3f} → "
                        f"{np.mean([s['val_ce_end'] for s in ctrl]):.3f}" if ctrl else "–")
             print("| " + " | ".join(row) + " |")
+        if rule != "CE only":
+            continue
         print(f"\nUncalibrated detector (delta 0.05), same runs:\n")
         for m in strengths:
             cell = [s for s in grid if s["meta_steps"] == m and s["fresh_optimizer"] == fresh]

@@ -668,3 +668,35 @@ def test_phase2_optimizer_is_fresh_only_with_the_original_option(fresh, tmp_path
         assert first_self[0] is not meta_opt[0] and first_self[1] == 0
     else:
         assert first_self[0] is meta_opt[0] and first_self[1] > 0
+
+
+SEED_SCALE = ("--tokenizer bpe --vocab-size 4097 --n-embd 512 --n-layer 6 --n-head 8 --n-kv-head 2 --block-size 41 "
+              "--batch-size 128 --learning-rate 1e-4 --fresh-optimizer True --meta-steps 1000 --self-steps 1000 "
+              "--eval-every 25 --save-meta-at 1000 --save-models True --critic frozen")
+
+
+def test_seed_scale_command_is_documented_and_runs_at_tiny_sizes(tmp_path, capsys):
+    """The documented seed-scale configuration (about 24M parameters, 4,097 ids): its parameter count on the
+    meta device, and a CPU smoke run of the same flags with the sizes and step counts shrunk."""
+    doc = (S.__file__.replace("self_critic_lm.py", "") + "docs/self_critic_lm.md")
+    assert SEED_SCALE in open(doc).read()
+    args = S.finalize_args(S.Args(**{"tokenizer": "bpe", "vocab_size": 4097, "n_embd": 512, "n_layer": 6, "n_head": 8,
+                                     "n_kv_head": 2, "block_size": 41, "batch_size": 128, "cuda": False}))
+    assert args.n_vocab == 4097 and 24e6 < args.n_params < 25e6
+    tiny = ("--vocab-size", "300", "--n-embd", "32", "--n-layer", "1", "--n-head", "2", "--n-kv-head", "1",
+            "--batch-size", "4", "--meta-steps", "4", "--self-steps", "4", "--save-meta-at", "4", "--eval-every", "2",
+            "--eval-windows", "4", "--sample-prompts", "1", "--sample-tokens", "4")
+    code, run_dir = run_in_process(S, SCRIPT, "step", tmp_path, *SEED_SCALE.split(), *tiny)
+    assert code == 0, capsys.readouterr().err
+    summary = read_json(run_dir / "summary.json")
+    assert summary["fresh_optimizer"] and summary["self_learning_rate"] == 1e-4 and summary["n_vocab"] == 300
+    assert (run_dir / "meta_4.pt").exists() and (run_dir / "model_phase2_start" / "tokenizer.json").exists()
+
+
+def test_rollback_point_is_chosen_on_the_guard_windows_only():
+    oracle, label_free = tiny_args(hack_guard=True), tiny_args(hack_guard=True, guard_signal="label_free")
+    seg = [{"guard/ce": 3.0, "val/ce": 3.0}, {"guard/ce": 2.9, "val/ce": 3.5}, {"guard/ce": 3.1, "val/ce": 2.0}]
+    assert S.is_rollback_point(oracle, seg[:1]) and S.is_rollback_point(label_free, seg[:1])
+    assert S.is_rollback_point(oracle, seg[:2])                  # best guard CE, although val CE rose
+    assert not S.is_rollback_point(oracle, seg)                  # best val CE, but not the best guard CE
+    assert not S.is_rollback_point(label_free, seg[:2])          # label-free: only the segment's start
