@@ -57,8 +57,9 @@ Runtime:  the default comparison (25 runs) takes under a minute of CPU time on o
 Result:   (docs/control_parameter.md; benchmark/control_parameter_clip.sh, 10 seeds) C(T) = 0.516
           for Uncertainty Focus against 0.508 for Value Focus reproduces with U = 1 and with the
           fixed U; the kappa ablation lands at 0.508, so the gap is kappa alone. No configuration
-          beats the Baseline on return or on episodes to the first success (Welch CIs span 0).
-          The clip scales 81% of the Baseline's gradient steps and 22-31% of the weighted ones'.
+          beats the Baseline on return (Welch CIs span 0); on episodes to the first success one
+          of eight CIs just excludes 0 (UF, U = 1) and does not replicate with the fixed U.
+          The clip scales 81% of the Baseline's gradient steps and 22-35% of the weighted ones'.
 """
 
 import functools

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import tyro
-import torch.nn as nn
 from conftest import assert_bad_input, read_json, read_metrics, run_in_process
 from dqn_reference import member_net, reference_lockstep
 
