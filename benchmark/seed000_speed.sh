@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
-: "${ORIGINAL_DIR:?set ORIGINAL_DIR to the original repository's scripts/ folder}"
+: "${ORIGINAL_DIR:?set ORIGINAL_DIR to the scripts/ folder of the original repository}"
 out=benchmark/out/speed
 mkdir -p "$out"
 timed() {  # timed NAME CMD...: CPU and wall seconds of one command into $out/NAME.time
