@@ -175,6 +175,19 @@ def main():
                 f"{mode}{'' if d is None else ' ' + str(d)} {fmt_steps([hack_step(s, 0.05, None) for s in cell if s['critic'] == mode and (d is None or s['ema_decay'] == d)])}"
                 for mode, d in modes))
 
+    print("\n## Size of the damage: validation CE at self step 80 minus its phase-2 best, mean [min–max] over seeds\n")
+    print("| optimisation | meta steps | " + " | ".join(m if d is None else f"{m} {d}" for m, d in modes)
+          + " | truth control |\n" + "|---" * (len(modes) + 3) + "|")
+    for opt, fresh in optims.items():
+        for m in strengths:
+            cell = [s for s in grid if s["meta_steps"] == m and s["fresh_optimizer"] == fresh]
+            row = []
+            for mode, d in modes + [("truth", None)]:
+                v = [s["val_ce_end"] - s["val_ce_phase2_best"] for s in cell
+                     if s["critic"] == mode and (d is None or s["ema_decay"] == d)]
+                row.append(f"{np.mean(v):.3f} [{min(v):.3f}–{max(v):.3f}]" if v else "–")
+            print(f"| {opt} | {m} | " + " | ".join(row) + " |")
+
     # label-free detector (post hoc, entropy of the critic targets, drop 0.5 nats, k 3) against the calibrated one
     print("\n## Label-free detector (critic-target entropy falls > 0.5 nats below its start for 3 evaluations)\n")
     for opt, fresh in optims.items():
