@@ -82,12 +82,12 @@ Run:      python gist_meta.py                     (all stages)
           python gist_meta.py --stage c --val-select similar --first-order True
 Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer/meta steps of all
           stages in order, each row has "stage"), summary.json, stage_a.png, stage_b.png,
-          stage_c.png, tokenizer.json (BPE); summary.json's "status" is ok, a non-finite loss (the
+          stage_c.png, stage_c_online.png, tokenizer.json (BPE); summary.json's "status" is ok, a non-finite loss (the
           run stops, every row kept), interrupted (SIGINT/SIGTERM) or failed (traceback.txt)
 Code:     finalize_args checks every argument and input file before a run folder exists; train
-          runs stage_a, stage_b, stage_c and evaluate_stage_c in that order
-Runtime:  the defaults took 9 min wall / 4.3 min CPU on one thread of a shared 2-core VM
-          (benchmark/gist_meta_defaults.sh); README, "Speed".
+          runs stage_a, stage_b, stage_c, evaluate_stage_c and online_phase in that order
+Runtime:  before issue 13 the defaults took 9 min wall / 4.3 min CPU on one thread of a shared 2-core VM
+          (benchmark/gist_meta_defaults.sh), without the neg mask and the online phase; not re-measured.
 Result:   docs/gist_meta.md, "Results" (issue-13 runs: 0.14M params, --corpus repeat, 3 seeds;
           benchmark/gist_meta_issue13.sh).
 """
