@@ -65,13 +65,11 @@ Runtime:  defaults (1.0M params, byte vocab + [LOSS], batch 16 x 32 tokens, 50 m
           steps, frozen critic) took 190-275 s wall on one thread of the shared 2-core CPU, two runs
           at a time (benchmark/self_critic.sh). A self step costs 2.3x a plain LM step on the same
           batch (benchmark/self_critic_speed.py).
-Result:   (3 seeds, README; this tiny scale only) after 50 meta steps the critic agrees with the
-          true token 21-69% of the time and every critic mode is hacked within 4-16 self steps
-          (online 5.3 +- 1.9, frozen 8.0 +- 5.7; 3.7 vs 6.3 at one-step resolution): online <=
-          frozen by 0-8 steps, not the seed's online << frozen. With 150 meta steps (critic
-          agreement ~94%) the frozen critic never hacked in 200 self steps (3/3), nor in 800 after
-          100 meta steps (1 seed); adversarial critic triples delayed it (2/3 hacked, at 4 and
-          125); the guard restores and ends lowest.
+Result:   (issue 12, docs/self_critic_lm.md; 140k-param model, 80 self steps, 3 seeds per cell) critic
+          strength decides it: after 50-100 meta steps (agreement 0.28-0.75) every critic mode is
+          hacked within 1-16 self steps; after 200 (agreement 0.95) online is hacked in 8-16, EMA 0.9
+          in 16-24, frozen never within 80 (0/3), with a detector calibrated on the true-label control
+          (1/9 false positives). The hack: LM and critic collapse onto one token (the critic copies p).
 """
 
 import contextlib

@@ -700,3 +700,21 @@ def test_rollback_point_is_chosen_on_the_guard_windows_only():
     assert S.is_rollback_point(oracle, seg[:2])                  # best guard CE, although val CE rose
     assert not S.is_rollback_point(oracle, seg)                  # best val CE, but not the best guard CE
     assert not S.is_rollback_point(label_free, seg[:2])          # label-free: only the segment's start
+
+
+def test_truth_control_reads_its_critic_numbers_from_a_frozen_copy_of_its_start(tmp_path, monkeypatch):
+    seen, real = [], S.evaluate
+
+    def spy(model, critic, ref, *a, **kw):
+        if ref is not None:                                                    # phase 2 evaluations
+            seen.append((model, critic, [p.detach().clone() for p in critic.parameters()]))
+        return real(model, critic, ref, *a, **kw)
+
+    monkeypatch.setattr(S, "evaluate", spy)
+    code, _ = run_in_process(S, SCRIPT, "step", tmp_path, *TINY, "--critic", "truth", "--self-steps", "4",
+                             "--sample-prompts", "0")
+    assert code == 0 and len(seen) >= 3
+    model, crit = seen[0][0], seen[0][1]
+    assert crit is not model and not (param_ptrs(crit) & param_ptrs(model)) and all(s[1] is crit for s in seen)
+    for a, b in zip(seen[0][2], seen[-1][2]):
+        torch.testing.assert_close(a, b)
