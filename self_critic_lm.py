@@ -69,7 +69,7 @@ Result:   (issue 12, docs/self_critic_lm.md; 140k-param model, 80 self steps, 3 
           strength decides it: after 50-100 meta steps (agreement 0.28-0.75) every critic mode is
           hacked within 1-16 self steps; after 200 (agreement 0.95) online is hacked in 8-16, EMA 0.9
           in 16-24, frozen never within 80 (0/3), with a detector calibrated on the true-label control
-          (1/9 false positives). The hack: LM and critic collapse onto one token (the critic copies p).
+          (1/12 false positives). The hack: LM and critic collapse onto one token (the critic copies p).
 """
 
 import contextlib

@@ -22,7 +22,7 @@ common="--meta-steps $META --self-steps $SELF --torch-threads 1"
     echo "--exp-name frozen --critic frozen $common --seed $seed"
     echo "--exp-name ema0.9 --critic ema --ema-decay 0.9 $common --seed $seed"
     echo "--exp-name ema0.99 --critic ema --ema-decay 0.99 $common --seed $seed"
-    echo "--exp-name frozen_adversarial --critic frozen --adversarial True $common --seed $seed"
+    echo "--exp-name frozen_adversarial --critic frozen --adversarial noise $common --seed $seed"
     echo "--exp-name frozen_meta3x --critic frozen $common --meta-steps $((3 * META)) --seed $seed"
     echo "--exp-name frozen_guard --critic frozen --hack-guard True $common --seed $seed"
   done
