@@ -718,3 +718,33 @@ def test_truth_control_reads_its_critic_numbers_from_a_frozen_copy_of_its_start(
     assert crit is not model and not (param_ptrs(crit) & param_ptrs(model)) and all(s[1] is crit for s in seen)
     for a, b in zip(seen[0][2], seen[-1][2]):
         torch.testing.assert_close(a, b)
+
+
+def test_hotflip_never_returns_the_true_token_even_where_it_is_the_first_order_best():
+    """A fake critic whose logits at the i-th [LOSS] position are -E e_{3i} (minus the embedding matrix
+    times the p-slot embedding): the first-order best replacement is then y itself at almost every
+    position, so only the exclusion of y keeps HotFlip from returning it."""
+    torch.manual_seed(0)
+
+    class Fake(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(30, 8)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+        def forward(self, inputs_embeds, use_cache=False):
+            out = torch.zeros(*inputs_embeds.shape[:2], 30)
+            out[:, 2::3] = -(inputs_embeds[:, 0::3] @ self.emb.weight.T)
+            return type("Out", (), {"logits": out})
+
+    model, banned = Fake(), torch.zeros(30, dtype=torch.bool)
+    y, pred = torch.randint(0, 30, (4, 16)), torch.randint(0, 30, (4, 16))
+    seq = S.critic_input(pred, y, 0)
+    e = model.emb.weight.detach()[seq].requires_grad_(True)
+    (g,) = torch.autograd.grad(S.cross_entropy(model(inputs_embeds=e).logits[:, S.loss_positions(16)], y), e)
+    unmasked = (g[:, 0::3] @ model.emb.weight.detach().T).argmax(-1)
+    assert (unmasked == y).float().mean() > 0.5                                 # y is the first-order best here
+    flip = S.hotflip_predictions(model, pred, y, 0, banned)
+    assert not (flip == y).any()
