@@ -57,11 +57,13 @@ for part in $parts; do
   cleanrl)     # CleanRL ppo.py's CartPole hyperparameters, 200k steps (a baseline with headroom)
     h="--env cartpole --total-timesteps 200000 --num-envs 4 --num-steps 128 --learning-rate 2.5e-4"
     cell cr_plain $h --rd False
-    cell cr_blend0.3_g0 $h --rd-weight 0.3 --gamma 0
-    cell cr_blend0.3_g0.5 $h --rd-weight 0.3 --gamma 0.5
-    cell cr_blend0.9_g0.5 $h --rd-weight 0.9 --gamma 0.5
-    cell cr_blend0.9_g0.5_zero $h --rd-weight 0.9 --gamma 0.5 --rd-out zero
-    cell cr_blend0.9_g0.5_shuffle $h --rd-weight 0.9 --gamma 0.5 --rd-out shuffle
+    for l in 0.1 0.3 0.6 0.9; do
+      for g in 0 0.01 0.1 0.5; do cell cr_blend${l}_g$g $h --rd-weight $l --gamma $g; done
+    done
+    for l in 0.3 0.9; do
+      cell cr_blend${l}_g0.5_zero $h --rd-weight $l --gamma 0.5 --rd-out zero
+      cell cr_blend${l}_g0.5_shuffle $h --rd-weight $l --gamma 0.5 --rd-out shuffle
+    done
     ;;
   esac
 done
