@@ -66,8 +66,9 @@ Runtime:  a default run (500k steps, one agent) is a few minutes on one CPU thre
 Result:   (benchmark/rd_ppo_grid.sh, 10 agents and 10 drive matrices per cell, docs/rd_ppo.md) on stateless
           CartPole the blend does nothing (every blend and its zero/shuffle controls at plain PPO's ~47); fed
           to the networks, the RD state is a memory at gamma = 0 (141 vs 48) that blind guidance erases
-          (gamma >= 0.1: 50) and a linear leaky integrator beats (235; frame stack 2: 370). On CartPole no
-          gamma ordering of early learning is resolved at n = 10.
+          (gamma >= 0.1: 50) and a linear leaky integrator beats (235; frame stack 2: 370). On CartPole the
+          gamma effect is small and flips sign with the learning rate (gamma 0.5 minus 0, paired, pooled
+          over lambda: +22 AUC at our defaults, -22 at CleanRL's), and a shuffled RD signal does as well.
 """
 
 import json
