@@ -1295,7 +1295,7 @@ def format_ci(t, digits: int) -> str:
 
 def print_table(args: Args, per_config: dict) -> None:
     print(f"\n===== selective pressure, U = {args.uncertainty}, {args.num_seeds} seeds, mean [95% CI] =====")
-    print(f"(Student-t CIs of the mean over seeds; differences to the Baseline: Welch t)")
+    print("(Student-t CIs of the mean over seeds; differences to the Baseline: Welch t)")
     print(f"{'config':22s} {'C(T)':>26s} {'final return (MA10)':>24s} {'vs Baseline':>24s} {'eps to 1st success':>24s} "
           f"{'vs Baseline':>24s} {'clip fraction':>24s}")
     for name, r in per_config.items():

@@ -1488,7 +1488,7 @@ def stage_a(args: Args, log: RunLog, model, train_ids: torch.Tensor, val_ids: to
     plot_curves([("validation continuation CE (nats/token)", a_curves)],
                 f"{log.run_name}: stage A, k={k}, Lc={Lc}, Lx={Lx}", os.path.join(log.run_dir, "stage_a.png"))
     if "a" in args.run_stages:
-        print(f"[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
+        print("[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
               + (f"; retention {summary['a_retention']:.3f} (first {args.a_head_tokens} tokens: "
                  f"{summary['a_retention_head']:.3f})" if summary.get("a_retention_head") is not None else "")
               + f"; masked/unmasked forward {t_mask / t_plain:.2f}x", flush=True)

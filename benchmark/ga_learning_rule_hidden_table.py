@@ -66,7 +66,6 @@ def main():
     table = {}
     for name, runs in sorted(groups.items()):
         table[name] = {seed: rows_for(s["heldout"]) for seed, s in runs.items()}
-    any_runs = next(iter(groups.values()), {})
     per_seed = {}
     for runs in groups.values():
         per_seed.update({seed: s["heldout"] for seed, s in runs.items()})

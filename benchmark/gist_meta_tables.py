@@ -104,4 +104,4 @@ for exp in ("main", "c_similar", "c_first_order"):
         continue
     print(f"| {exp} | {len(groups[exp])} | {fmt(col(exp, 'a_tokens_per_s_gist'), 0)} | {fmt(col(exp, 'a_fwd_masked_ratio'), 2)} | "
           f"{fmt(col(exp, 'c_sec_per_meta_step'), 2)} | {fmt(col(exp, 'c_meta_vs_plain'), 2)} | {fmt(col(exp, 'c_meta_vs_ce_step'), 2)} |")
-print(f"\nwall time per run (s): " + ", ".join(f"{k} {fmt(col(k, 'wall_time_s'), 0)}" for k in sorted(groups)))
+print("\nwall time per run (s): " + ", ".join(f"{k} {fmt(col(k, 'wall_time_s'), 0)}" for k in sorted(groups)))

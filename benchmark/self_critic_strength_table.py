@@ -20,7 +20,6 @@ fired counts as "> 80" (the median is "> 80" when half or more never fired).
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -168,7 +167,7 @@ def main():
             print("| " + " | ".join(row) + " |")
         if rule != "CE only":
             continue
-        print(f"\nUncalibrated detector (delta 0.05), same runs:\n")
+        print("\nUncalibrated detector (delta 0.05), same runs:\n")
         for m in strengths:
             cell = [s for s in grid if s["meta_steps"] == m and s["fresh_optimizer"] == fresh]
             print(f"- meta {m}: " + "; ".join(

@@ -56,7 +56,7 @@ def test_foodworld_step_by_hand_drag_walls_and_reward():
     v0 = 3.0 - math.hypot(0.5, 1.95)
     reward = env.step(torch.tensor([[1.0, -0.5]], dtype=torch.float64))
     vx, vy = 0.9 * 0.02 + 0.01, 0.9 * 0.08 - 0.005                 # drag then force
-    x, y = 0.5 + vx, 1.95 + vy                                     # y = 2.017 > 2: wall
+    x = 0.5 + vx                                                   # y = 1.95 + vy = 2.017 > 2: wall
     np.testing.assert_allclose(env.s[0, :4], [x, 2.0, vx, -0.9 * vy], atol=1e-12)
     value = 3.0 - math.hypot(1.0 - x, 2.0)
     assert reward.item() == pytest.approx(value - v0, abs=1e-12)
