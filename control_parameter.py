@@ -845,8 +845,15 @@ class RunLog:
 
     def log(self, x: int, row: dict) -> None:
         row = to_json_safe({self.x_axis: x, **row})
-        self.metrics.write(json.dumps(row, allow_nan=False) + "\n")
-        self.last_x, self.rows = x, self.rows + 1
+        line = json.dumps(row, allow_nan=False) + "\n"
+        # a row and its count go together: SIGINT/SIGTERM are held back until both are done, so an
+        # interrupted run's summary counts exactly the rows in metrics.jsonl
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.metrics.write(line)
+            self.last_x, self.rows = x, self.rows + 1
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if self.wandb is not None:
             self.wandb.log(row)
 

@@ -190,3 +190,30 @@ def test_nan_metric_rows_are_valid_json(tmp_path):
     code, run_dir, _, _ = fake_run(tmp_path, lambda log: (log.log(3, {"loss": math.nan}), {"status": "ok"})[1])
     rows = read_metrics(run_dir)
     assert rows[-1] == {"step": 3, "loss": None}
+
+
+def test_a_signal_during_a_row_write_still_counts_the_row(tmp_path):
+    """A signal that lands while a row is being written is held until the row is counted."""
+    class KillingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, text):
+            self.f.write(text)
+            os.kill(os.getpid(), signal.SIGTERM)             # arrives between the write and the count
+
+        def close(self):
+            self.f.close()
+
+    def train(args, log):
+        log.log(0, {"loss": 1.0})
+        log.metrics = KillingFile(log.metrics)
+        log.log(1, {"loss": 2.0})
+        time.sleep(5)
+        raise AssertionError("the signal did not interrupt the run")
+
+    code = R.run_experiment("fake.py", FakeArgs(), train, "step", root=str(tmp_path / "runs"))
+    run_dir = next((tmp_path / "runs").iterdir())
+    summary, rows = read_json(run_dir / "summary.json"), read_metrics(run_dir)
+    assert code == 143 and len(rows) == 2
+    assert summary["rows_logged"] == 2 and summary["last_step"] == 1
