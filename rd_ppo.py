@@ -1142,7 +1142,7 @@ def ppo_update(agents: Agents, optimizer: torch.optim.Optimizer, batch: dict, ar
 
 def open_agent_logs(args: Args, log: RunLog) -> list:
     """With --num-seeds S > 1, one run folder per agent beside the main one (runs/{exp_name}__{seed+m}__
-    {time}), holding that agent's config, metrics and summary as if it had run alone; None for S = 1."""
+    {time}), holding that agent's config, metrics and summary as if it had run alone; [log] for S = 1."""
     if args.num_seeds == 1:
         return [log]
     logs, root = [], os.path.dirname(log.run_dir)
