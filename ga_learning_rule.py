@@ -77,13 +77,6 @@ Environments (batched torch, float32):
                    the origin onto the unit circle. value = count - distance, reward = value change.
                    --food-layout fixed: food starts at (1,-1)/sqrt2 and rotates by atan2(0.95, 0.3)
                    (the seed's); random: start angle U[0, 2pi), step +-U[pi/3, pi] per lifetime.
-  pendulum         theta'' = -(g/l) sin theta + tau/(m l^2) - b omega (theta = 0 hangs down), RK4,
-                   starts upright; obs [sin, cos, omega]; reward 1 - cos theta.
-  double_pendulum  point masses m1 = m2 = 1 on rods l1 = l2 = 1, Lagrangian mass-matrix form, torque
-                   on joint 1, viscous joint friction b, RK4; obs [sin1, cos1, w1, sin2, cos2, w2];
-                   reward (1 - cos theta1) + (1 - cos theta2).
-  cartpole         gymnasium's CartPole-v1 physics (Euler, force +-10 by the sign of the action);
-                   reward 1 per step the pole stays up, 0 on the step it falls; then it resets.
 
 Run:      python ga_learning_rule.py                        # mpnn rule, FoodWorld, P = 1000, 30 gen.
           python ga_learning_rule.py --evolve actor         # the sanity check: evolve the actor itself
@@ -144,7 +137,7 @@ class Args:
 
     # ---- what is evolved ----
     env: str = "foodworld"
-    """environment: foodworld, hiddenfood (needs learning within a lifetime), pendulum, double_pendulum or cartpole"""
+    """environment: foodworld (the seed's) or hiddenfood (needs learning within a lifetime)"""
     evolve: str = "rule"
     """rule: evolve the learning rule (fresh actor every lifetime); actor: the actor's weights, rule off; gru: a
     recurrent actor fed (obs, last reward, last action), RL^2-style, rule off"""
@@ -162,11 +155,7 @@ class Args:
     """environment steps per lifetime"""
     episodes: int = 4
     """episodes per lifetime (hiddenfood restarts the agent at the origin each episode; the food stays); the
-    return per episode is the within-lifetime learning curve (other envs: equal segments of the lifetime)"""
-    dt: float = 0.05
-    """RK4 step of the pendulums (s)"""
-    damping: float = 0.1
-    """viscous damping of the pendulums' joints"""
+    return per episode is the within-lifetime learning curve (foodworld: equal segments of the lifetime)"""
 
     # ---- actor ----
     actor_shape: list[int] = field(default_factory=lambda: [7, 8, 8, 2])
@@ -241,10 +230,10 @@ class Args:
     """numbers per genome"""
 
 
-ENVS = ("foodworld", "hiddenfood", "pendulum", "double_pendulum", "cartpole")
+ENVS = ("foodworld", "hiddenfood")
 RULES = ("mpnn", "abcd")
 # fields that describe a saved individual; --show takes them from the file, not from the command line
-STRUCTURAL = ("env", "evolve", "rule", "neuron_id", "gru_hidden", "observe_count", "dt", "damping", "actor_shape", "weight_limit", "weight_init",
+STRUCTURAL = ("env", "evolve", "rule", "neuron_id", "gru_hidden", "observe_count", "actor_shape", "weight_limit", "weight_init",
               "sigma_init", "sigma_limit", "rule_lr", "signal_dim", "state_dim", "genome_size")
 
 
@@ -266,9 +255,8 @@ def check_structure(args: Args) -> None:
     for name in ("signal_dim", "state_dim", "gru_hidden"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name, low, strict in (("weight_limit", 0.0, True), ("rule_lr", 0.0, True), ("dt", 0.0, True),
-                              ("damping", 0.0, False), ("weight_init", 0.0, False), ("sigma_init", 0.0, False),
-                              ("sigma_limit", 0.0, False)):
+    for name, low, strict in (("weight_limit", 0.0, True), ("rule_lr", 0.0, True), ("weight_init", 0.0, False),
+                              ("sigma_init", 0.0, False), ("sigma_limit", 0.0, False)):
         value = getattr(args, name)
         if not math.isfinite(value) or value < low or (strict and value == low):
             kind = "a finite number > 0" if strict else "a finite number >= 0"
@@ -425,9 +413,7 @@ def finalize_args(args: Args) -> Args:
 # Environments: batched over B = individuals x lifetimes. initial_state(K, gen) draws K lifetimes'
 # starts; reset(state) loads a (B, .) batch; step(action in [-1, 1]) -> reward (B,).
 # ==================================================================================================
-ENV_DIMS = {"foodworld": (7, 2), "hiddenfood": (4, 2), "pendulum": (3, 1), "double_pendulum": (6, 1),
-            "cartpole": (4, 1)}
-G = 9.81
+ENV_DIMS = {"foodworld": (7, 2), "hiddenfood": (4, 2)}
 SEED_FOOD_STEP = math.atan2(0.95, 0.3)   # the seed's rotation matrix [[0.3, -0.95], [0.95, 0.3]], as an angle
 
 
@@ -550,136 +536,12 @@ def relocate_food(food: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
     return new / torch.linalg.vector_norm(new, dim=1, keepdim=True).clamp_min(1e-12)
 
 
-def rk4(f, y: torch.Tensor, u: torch.Tensor, dt: float) -> torch.Tensor:
-    k1 = f(y, u)
-    k2 = f(y + 0.5 * dt * k1, u)
-    k3 = f(y + 0.5 * dt * k2, u)
-    k4 = f(y + dt * k3, u)
-    return y + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-
-class Pendulum:
-    """state (B, 2) = [theta, omega]; theta = 0 hangs down; l = m = 1; torque = action (N m)."""
-    START = math.pi * 1.00001  # upright, as in the seed
-
-    def __init__(self, dt: float = 0.05, damping: float = 0.1, **_):
-        self.dt, self.damping = dt, damping
-
-    def initial_state(self, k, gen, device):
-        return torch.tensor([self.START, 0.0], device=device).repeat(k, 1)
-
-    def reset(self, state):
-        self.s = state.clone()
-
-    def deriv(self, y, u):
-        return torch.stack([y[:, 1], -G * torch.sin(y[:, 0]) + u[:, 0] - self.damping * y[:, 1]], dim=1)
-
-    @property
-    def obs(self):
-        return torch.stack([torch.sin(self.s[:, 0]), torch.cos(self.s[:, 0]), self.s[:, 1]], dim=1)
-
-    def step(self, action):
-        self.s = rk4(self.deriv, self.s, action, self.dt)
-        self.s[:, 0] = torch.remainder(self.s[:, 0] + math.pi, 2 * math.pi) - math.pi
-        return 1.0 - torch.cos(self.s[:, 0])
-
-    def positions(self):
-        return self.s
-
-    @staticmethod
-    def energy(s):
-        return 0.5 * s[:, 1] ** 2 + G * (1 - torch.cos(s[:, 0]))
-
-
-class DoublePendulum(Pendulum):
-    """state (B, 4) = [theta1, omega1, theta2, omega2], absolute angles from the downward vertical;
-    m1 = m2 = l1 = l2 = 1. M(theta) theta'' = Q with
-        M = [[2, cos d], [cos d, 1]],  d = theta1 - theta2
-        Q1 = -omega2^2 sin d - 2 g sin theta1 + tau - b omega1 + b (omega2 - omega1)
-        Q2 =  omega1^2 sin d -   g sin theta2           - b (omega2 - omega1)"""
-
-    def initial_state(self, k, gen, device):
-        return torch.tensor([self.START, 0.0, math.pi, 0.0], device=device).repeat(k, 1)
-
-    def deriv(self, y, u):
-        t1, w1, t2, w2 = y.unbind(1)
-        d = t1 - t2
-        c, s = torch.cos(d), torch.sin(d)
-        rel = self.damping * (w2 - w1)
-        q1 = -w2 * w2 * s - 2 * G * torch.sin(t1) + u[:, 0] - self.damping * w1 + rel
-        q2 = w1 * w1 * s - G * torch.sin(t2) - rel
-        det = 2.0 - c * c
-        return torch.stack([w1, (q1 - c * q2) / det, w2, (2.0 * q2 - c * q1) / det], dim=1)
-
-    @property
-    def obs(self):
-        t1, w1, t2, w2 = self.s.unbind(1)
-        return torch.stack([torch.sin(t1), torch.cos(t1), w1, torch.sin(t2), torch.cos(t2), w2], dim=1)
-
-    def step(self, action):
-        self.s = rk4(self.deriv, self.s, action, self.dt)
-        self.s[:, 0::2] = torch.remainder(self.s[:, 0::2] + math.pi, 2 * math.pi) - math.pi
-        return 2.0 - torch.cos(self.s[:, 0]) - torch.cos(self.s[:, 2])
-
-    @staticmethod
-    def energy(s):
-        t1, w1, t2, w2 = s.unbind(1)
-        kinetic = w1 * w1 + 0.5 * w2 * w2 + w1 * w2 * torch.cos(t1 - t2)
-        return kinetic - 2 * G * torch.cos(t1) - G * torch.cos(t2)
-
-
-class CartPole:
-    """gymnasium CartPole-v1 physics, batched; state (B, 4) = [x, x_dot, theta, theta_dot] (also the obs).
-    A fallen pole earns 0 on that step and restarts from U(-0.05, 0.05)^4; otherwise 1 per step."""
-    GRAVITY, MASSCART, MASSPOLE, LENGTH, FORCE, TAU = 9.8, 1.0, 0.1, 0.5, 10.0, 0.02
-    X_LIMIT, THETA_LIMIT = 2.4, 12 * 2 * math.pi / 360
-
-    def __init__(self, **_):
-        self.gen = None
-
-    def initial_state(self, k, gen, device):
-        return torch.rand(k, 4, generator=gen, device=device) * 0.1 - 0.05
-
-    def reset(self, state, gen: Optional[torch.Generator] = None):
-        self.s = state.clone()
-        self.gen = gen
-
-    @property
-    def obs(self):
-        return self.s
-
-    @classmethod
-    def physics(cls, s: torch.Tensor, push_right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Euler step of gymnasium's equations: (next state, terminated)."""
-        x, x_dot, th, th_dot = s.unbind(1)
-        total, pml = cls.MASSCART + cls.MASSPOLE, cls.MASSPOLE * cls.LENGTH
-        force = torch.where(push_right, cls.FORCE, -cls.FORCE)
-        cos, sin = torch.cos(th), torch.sin(th)
-        temp = (force + pml * th_dot ** 2 * sin) / total
-        th_acc = (cls.GRAVITY * sin - cos * temp) / (cls.LENGTH * (4.0 / 3.0 - cls.MASSPOLE * cos ** 2 / total))
-        x_acc = temp - pml * th_acc * cos / total
-        new = torch.stack([x + cls.TAU * x_dot, x_dot + cls.TAU * x_acc, th + cls.TAU * th_dot,
-                           th_dot + cls.TAU * th_acc], dim=1)
-        fallen = (new[:, 0].abs() > cls.X_LIMIT) | (new[:, 2].abs() > cls.THETA_LIMIT)
-        return new, fallen
-
-    def step(self, action):
-        self.s, fallen = self.physics(self.s, action[:, 0] > 0)
-        fresh = torch.rand(self.s.shape, generator=self.gen, device=self.s.device) * 0.1 - 0.05
-        self.s = torch.where(fallen[:, None], fresh, self.s)
-        return (~fallen).float()
-
-    def positions(self):
-        return self.s
-
-
-ENV_CLASSES = {"foodworld": FoodWorld, "hiddenfood": HiddenFood, "pendulum": Pendulum, "double_pendulum": DoublePendulum,
-               "cartpole": CartPole}
+ENV_CLASSES = {"foodworld": FoodWorld, "hiddenfood": HiddenFood}
 
 
 def make_env(args: Args, layout: Optional[str] = None):
-    return ENV_CLASSES[args.env](layout=layout or args.food_layout, observe_count=args.observe_count, dt=args.dt,
-                                 damping=args.damping, episode_len=args.steps // args.episodes)
+    return ENV_CLASSES[args.env](layout=layout or args.food_layout, observe_count=args.observe_count,
+                                 episode_len=args.steps // args.episodes)
 
 
 def push_toward_food(obs: torch.Tensor, kp: float = 10.0, kd: float = 30.0) -> torch.Tensor:
@@ -1016,10 +878,7 @@ def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch
     p = 1 if genome is None else genome.shape[0]
     B, E = p * k, args.episodes
     start = env.initial_state(k, gen, device)
-    if isinstance(env, CartPole):
-        env.reset(start.repeat(p, 1), gen)
-    else:
-        env.reset(start.repeat(p, 1))
+    env.reset(start.repeat(p, 1))
     rule = None
     if controller is None and actor is None:
         if args.evolve == "actor":
@@ -1504,37 +1363,29 @@ def plot_fitness(rows: list[dict], title: str, path: str) -> None:
     plt.close(fig)
 
 
-def plot_trajectory(env_name: str, frames: np.ndarray, title: str, path: str) -> None:
-    """FoodWorld: the path in the plane with the foods it was chasing; otherwise the state over time."""
+def plot_trajectory(frames: np.ndarray, title: str, path: str) -> None:
+    """The path in the plane with the foods it was chasing (frames: [x, y, food_x, food_y, foods eaten] per step)."""
     plt = pyplot()
-    plane = env_name in ("foodworld", "hiddenfood")
-    fig, ax = plt.subplots(figsize=(5, 5) if plane else (7, 4))
-    if plane:
-        ax.scatter(frames[:, 0], frames[:, 1], c=np.arange(len(frames)), cmap="viridis", s=6, label="agent")
-        foods = np.unique(frames[:, 2:4].round(5), axis=0)
-        ax.scatter(foods[:, 0], foods[:, 1], marker="*", s=120, c="red", label="food")
-        ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="gray"))
-        ax.set(xlim=(-2.1, 2.1), ylim=(-2.1, 2.1), aspect="equal", xlabel="x", ylabel="y")
-        ax.set_title(f"{title}\nfoods eaten: {int(frames[-1, 4])}", fontsize=9)
-    else:
-        names = {"pendulum": ["theta", "omega"], "double_pendulum": ["theta1", "omega1", "theta2", "omega2"],
-                 "cartpole": ["x", "x_dot", "theta", "theta_dot"]}[env_name]
-        for i, name in enumerate(names):
-            ax.plot(frames[:, i], label=name)
-        ax.set(xlabel="step", title=title)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(frames[:, 0], frames[:, 1], c=np.arange(len(frames)), cmap="viridis", s=6, label="agent")
+    foods = np.unique(frames[:, 2:4].round(5), axis=0)
+    ax.scatter(foods[:, 0], foods[:, 1], marker="*", s=120, c="red", label="food")
+    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, ls=":", color="gray"))
+    ax.set(xlim=(-2.1, 2.1), ylim=(-2.1, 2.1), aspect="equal", xlabel="x", ylabel="y")
+    ax.set_title(f"{title}\nfoods eaten: {int(frames[-1, 4])}", fontsize=9)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_gif(env_name: str, frames: np.ndarray, stride: int, path: str) -> None:
+def write_gif(frames: np.ndarray, stride: int, path: str) -> None:
     """Animated GIF of one lifetime (matplotlib's Pillow writer), standing in for the seed's OpenCV viewer."""
     plt = pyplot()
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     fig, ax = plt.subplots(figsize=(4, 4))
-    lim = {"foodworld": 2.1, "hiddenfood": 2.1, "pendulum": 1.2, "double_pendulum": 2.2, "cartpole": 2.6}[env_name]
+    lim = 2.1
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     (line,) = ax.plot([], [], "-o", lw=2)
     (food,) = ax.plot([], [], "r*", ms=14)
@@ -1542,21 +1393,9 @@ def write_gif(env_name: str, frames: np.ndarray, stride: int, path: str) -> None
 
     def draw(i):
         f = frames[i]
-        if env_name in ("foodworld", "hiddenfood"):
-            line.set_data(frames[max(0, i - 20):i + 1, 0], frames[max(0, i - 20):i + 1, 1])
-            food.set_data([f[2]], [f[3]])
-            text.set_text(f"step {i}  foods {int(f[4])}")
-        elif env_name == "cartpole":
-            line.set_data([f[0], f[0] + math.sin(f[2])], [0.0, math.cos(f[2])])
-            text.set_text(f"step {i}")
-        else:
-            x1, y1 = math.sin(f[0]), -math.cos(f[0])
-            xs, ys = [0.0, x1], [0.0, y1]
-            if env_name == "double_pendulum":
-                xs.append(x1 + math.sin(f[2]))
-                ys.append(y1 - math.cos(f[2]))
-            line.set_data(xs, ys)
-            text.set_text(f"step {i}")
+        line.set_data(frames[max(0, i - 20):i + 1, 0], frames[max(0, i - 20):i + 1, 1])
+        food.set_data([f[2]], [f[3]])
+        text.set_text(f"step {i}  foods {int(f[4])}")
         return line, food, text
 
     anim = FuncAnimation(fig, draw, frames=range(0, len(frames), stride), blit=True)
@@ -1603,7 +1442,7 @@ def final_controls(args: Args, final_best: torch.Tensor, generations_done: int, 
     controls = heldout_controls(args, final_best, device)
     rec = run_lifetimes(dataclasses.replace(args, food_layout="random"), final_best[None], 1,
                         lifetime_generator(args.seed, -1, device), device, record=True)
-    plot_trajectory(args.env, rec["frames"], f"champion of generation {generations_done - 1}, unseen layout",
+    plot_trajectory(rec["frames"], f"champion of generation {generations_done - 1}, unseen layout",
                     os.path.join(run_dir, "trajectory.png"))
     line = "  ".join(f"{k} {v['return']:.3f}" for k, v in controls.items())
     print(f"held-out ({args.eval_lifetimes} lifetimes): {line}")
@@ -1699,11 +1538,10 @@ def show(args: Args, log: RunLog) -> dict:
     frames = res["frames"]
     what = "actor" if args.evolve == "actor" else f"rule {args.rule}"
     title = f"{os.path.basename(args.show)} ({args.env}, {what})"
-    write_gif(args.env, frames, args.gif_stride, os.path.join(log.run_dir, "show.gif"))
-    plot_trajectory(args.env, frames, title, os.path.join(log.run_dir, "trajectory.png"))
+    write_gif(frames, args.gif_stride, os.path.join(log.run_dir, "show.gif"))
+    plot_trajectory(frames, title, os.path.join(log.run_dir, "trajectory.png"))
     summary = {"status": "ok", "show": args.show, "saved_fitness": saved["fitness"], **quarter_stats(res)}
-    if args.env in ("foodworld", "hiddenfood"):
-        summary["foods_eaten"] = int(frames[-1, 4])
+    summary["foods_eaten"] = int(frames[-1, 4])
     if not math.isfinite(summary["return"]):
         summary["status"] = "non-finite return of the replayed lifetime"
     print(f"{log.run_name}: return {summary['return']:.3f} -> {log.run_dir}/show.gif")
