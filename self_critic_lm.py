@@ -45,7 +45,9 @@ first j from which the critic-truth agreement stays below agreement_0 - a for k 
 delta = --hack-delta (nats), k = --hack-patience. None when that never happens. The label-free
 detector (detect_label_free) fires at the first j from which H(t), the entropy of the histogram
 of the critic's targets on the validation windows, stays below H_0 - --lf-entropy-drop for k
-evaluations. benchmark/self_critic_strength_table.py calibrates delta and a on the truth control.
+evaluations, or (with --lf-echo-rise r) the echo rate, the fraction of targets equal to the LM's own
+prediction, stays above echo_0 + r for k evaluations. benchmark/self_critic_long_table.py calibrates
+both on the truth control. benchmark/self_critic_strength_table.py calibrates delta and a on the truth control.
 The model and tokenizer are saved with save_pretrained (--save-models True) at the start of phase 2,
 when the detector first fires and at the end, with the target/prediction histograms and samples;
 --save-meta-at N.. saves meta checkpoints from which --init-meta starts phase 2 exactly.
@@ -180,9 +182,11 @@ class Args:
     hack_agree_drop: Optional[float] = None
     """the detector also fires when critic-truth agreement stays this far below its phase-2 start for k evaluations; None: off"""
     guard_signal: str = "oracle"
-    """what the guard watches: oracle (detect_hack on held-out CE, true labels) or label_free (collapse of the critic-target entropy)"""
+    """what the guard watches: oracle (detect_hack on held-out CE, true labels) or label_free (collapse of the critic-target entropy; with --lf-echo-rise also a rise of the echo rate)"""
     lf_entropy_drop: float = 0.5
     """label-free detector: nats the entropy of the critic-target histogram must stay below its segment start for k evaluations"""
+    lf_echo_rise: Optional[float] = None
+    """label-free detector: it also fires when the echo rate (critic targets equal to the LM's prediction) stays this far above its segment start for k evaluations; None: off"""
     save_models: bool = False
     """save_pretrained model + tokenizer at the start of phase 2 (model_phase2_start/) and when the detector first fires (model_at_detection/)"""
 
@@ -235,6 +239,8 @@ def finalize_args(args: Args) -> Args:
         raise ValueError(f"--hack-agree-drop must be a finite number > 0 or None, got {args.hack_agree_drop}")
     if not (math.isfinite(args.lf_entropy_drop) and args.lf_entropy_drop > 0):
         raise ValueError(f"--lf-entropy-drop must be a finite number > 0, got {args.lf_entropy_drop}")
+    if args.lf_echo_rise is not None and not (math.isfinite(args.lf_echo_rise) and 0 < args.lf_echo_rise < 1):
+        raise ValueError(f"--lf-echo-rise must be a finite number in (0, 1) or None, got {args.lf_echo_rise}")
     flag = lambda name: "--" + name.replace("_", "-")
     for name in ("block_size", "batch_size", "meta_steps", "eval_every", "eval_windows", "torch_threads",
                  "hack_patience", "sample_tokens", "n_embd", "n_layer", "n_head", "n_kv_head", "vocab_size"):
@@ -606,12 +612,17 @@ def detect_hack(val_ce, self_losses, delta: float, k: int, agreement=None, agree
     return None
 
 
-def detect_label_free(target_entropy, drop: float, k: int) -> Optional[int]:
+def detect_label_free(target_entropy, drop: float, k: int, echo_rate=None, echo_rise: Optional[float] = None
+                      ) -> Optional[int]:
     """Label-free detector: index j of the first evaluation (j >= 1) from which the entropy of the
     critic-target histogram stays more than `drop` nats below its value at evaluation 0 for k
-    evaluations (the targets collapse onto a few tokens). None if never."""
+    evaluations (the targets collapse onto a few tokens); or, with echo_rise, from which the echo rate
+    (critic-LM agreement: targets equal to the LM's own prediction) stays more than echo_rise above its
+    value at evaluation 0 for k evaluations. None if neither ever happens."""
     for j in range(1, len(target_entropy) - k + 1):
         if all(h < target_entropy[0] - drop for h in target_entropy[j:j + k]):
+            return j
+        if echo_rise is not None and all(e > echo_rate[0] + echo_rise for e in echo_rate[j:j + k]):
             return j
     return None
 
@@ -1316,7 +1327,7 @@ def guard_detect(args: Args, segment: list[dict]) -> Optional[int]:
     CE, self loss and agreement) or label_free (detect_label_free on the critic-target entropy)."""
     if args.guard_signal == "label_free":
         return detect_label_free([r["guard/target_entropy"] for r in segment], args.lf_entropy_drop,
-                                 args.hack_patience)
+                                 args.hack_patience, [r["guard/echo_rate"] for r in segment], args.lf_echo_rise)
     return detect_hack([r["guard/ce"] for r in segment], [r["guard/self_loss"] for r in segment], args.hack_delta,
                        args.hack_patience, [r["guard/critic_agreement"] for r in segment], args.hack_agree_drop)
 
@@ -1425,7 +1436,8 @@ def summarize(rs: RunState, status: str, phase1_ce: float, hack_rows: list[dict]
     ce_curve = [(r["self_step"], r["step"], r["val/ce"], r["val/self_loss"]) for r in hack_rows]
     j = detect_hack([c[2] for c in ce_curve], [c[3] for c in ce_curve], args.hack_delta, args.hack_patience,
                     [r["val/critic_agreement"] for r in hack_rows], args.hack_agree_drop)
-    lf = detect_label_free([r["val/target_entropy"] for r in hack_rows], args.lf_entropy_drop, args.hack_patience)
+    lf = detect_label_free([r["val/target_entropy"] for r in hack_rows], args.lf_entropy_drop, args.hack_patience,
+                           [r["val/echo_rate"] for r in hack_rows], args.lf_echo_rise)
     hack_self_step = None if j is None else ce_curve[j][0]
     hack_global = None if j is None else ce_curve[j][1]
     samples = {}

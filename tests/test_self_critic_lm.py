@@ -269,6 +269,7 @@ def input_files(tmp_path) -> dict:
     (("--critic", "truth", "--hack-guard", "True"), "--hack-guard needs a critic"),
     (("--hack-agree-drop", "0"), "--hack-agree-drop must be a finite number > 0"),
     (("--lf-entropy-drop", "-1"), "--lf-entropy-drop must be a finite number > 0"),
+    (("--lf-echo-rise", "1"), "--lf-echo-rise must be a finite number in (0, 1)"),
     (("--save-meta-at", "0"), "--save-meta-at 0 must lie in [1, --meta-steps 50]"),
     (("--save-meta-at", "51"), "--save-meta-at 51 must lie in [1, --meta-steps 50]"),
     (("--init-meta", "/no/such.pt"), "could not be loaded"),
@@ -524,6 +525,11 @@ def test_detector_agreement_rule_and_label_free_rule_by_hand():
     ent = [3.0, 2.9, 2.4, 2.3, 2.4, 2.6, 2.1]
     assert S.detect_label_free(ent, 0.5, 3) == 2 and S.detect_label_free(ent, 0.5, 4) is None
     assert S.detect_label_free(ent, 0.85, 1) == 6
+    echo = [0.4, 0.45, 0.52, 0.55, 0.6, 0.45, 0.7]                               # flat entropy, rising echo rate
+    assert S.detect_label_free([3.0] * 7, 0.5, 3, echo) is None                   # echo rule off by default
+    assert S.detect_label_free([3.0] * 7, 0.5, 3, echo, 0.1) == 2                 # 0.52, 0.55, 0.6 > 0.4 + 0.1
+    assert S.detect_label_free([3.0] * 7, 0.5, 3, echo, 0.13) is None            # 0.52 is not > 0.53
+    assert S.detect_label_free(ent, 0.5, 3, echo, 0.1) == 2                       # either rule; the first j
     assert S.histogram_entropy(torch.tensor([1, 1, 2, 3]), 5).item() == pytest.approx(
         -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25)), rel=1e-6)
     assert S.histogram_entropy(torch.tensor([4, 4, 4]), 5).item() == pytest.approx(0.0, abs=1e-6)
@@ -702,6 +708,18 @@ def test_rollback_point_is_chosen_on_the_guard_windows_only():
     assert not S.is_rollback_point(label_free, seg[:2])          # label-free: only the segment's start
 
 
+def test_label_free_guard_reads_entropy_and_echo_on_the_guard_windows():
+    seg = [{"guard/target_entropy": 3.0, "guard/echo_rate": 0.4, "val/target_entropy": 0.0, "val/echo_rate": 1.0}
+           for _ in range(5)]
+    for r, e in zip(seg[1:], (0.5, 0.6, 0.6, 0.6)):
+        r["guard/echo_rate"] = e
+    assert S.guard_detect(S.Args(hack_guard=True, guard_signal="label_free"), seg) is None
+    assert S.guard_detect(S.Args(hack_guard=True, guard_signal="label_free", lf_echo_rise=0.15), seg) == 2
+    for r in seg[2:]:
+        r["guard/target_entropy"] = 2.0
+    assert S.guard_detect(S.Args(hack_guard=True, guard_signal="label_free", lf_entropy_drop=0.9), seg) == 2
+
+
 def test_truth_control_reads_its_critic_numbers_from_a_frozen_copy_of_its_start(tmp_path, monkeypatch):
     seen, real = [], S.evaluate
 
@@ -748,3 +766,49 @@ def test_hotflip_never_returns_the_true_token_even_where_it_is_the_first_order_b
     assert (unmasked == y).float().mean() > 0.5                                 # y is the first-order best here
     flip = S.hotflip_predictions(model, pred, y, 0, banned)
     assert not (flip == y).any()
+
+
+def _run(ce, ent=None, echo=None, agree=None, critic="truth"):
+    """A synthetic summary.json for the benchmark tables: evaluations every 4 self steps."""
+    n = len(ce)
+    ent, echo, agree = ent or [3.0] * n, echo or [0.4] * n, agree or [0.9] * n
+    return {"critic": critic, "ce_curve": [{"self_step": 4 * i, "val_ce": c, "self_loss": 1.0 - 0.01 * i,
+                                            "agreement": a, "target_entropy": h, "echo_rate": e}
+                                           for i, (c, h, e, a) in enumerate(zip(ce, ent, echo, agree))]}
+
+
+def test_detector_calibration_on_the_control_by_hand():
+    """The benchmark's calibration (benchmark/self_critic_strength_table.py, self_critic_long_table.py): lasting
+    excursions, the 3-sigma floor, the label-free thresholds, leave-one-out false positives, Clopper-Pearson."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(S.__file__).parent / "benchmark"))
+    T = importlib.import_module("self_critic_long_table")
+    ST = importlib.import_module("self_critic_strength_table")
+    lo, hi = ST.clopper_pearson(0, 12)
+    assert lo == 0 and hi == pytest.approx(1 - 0.025 ** (1 / 12), abs=1e-4)
+    lo, hi = ST.clopper_pearson(1, 12)
+    assert lo == pytest.approx(0.00211, abs=1e-4) and hi == pytest.approx(0.38480, abs=1e-4)
+    assert ST.rise_stat([2.0, 1.9, 1.95, 1.96, 1.97, 1.8]) == pytest.approx(0.05)
+    assert ST.agree_stat([0.9, 0.8, 0.7, 0.75, 0.95]) == pytest.approx(0.1)
+    assert T.echo_rise_stat([0.4, 0.5, 0.6, 0.55, 0.3]) == pytest.approx(0.1)
+    # alternating CE: no lasting rise, so delta is the 3-sigma floor (sigma = std of successive differences / sqrt 2)
+    alt = [_run([2.0 + 0.1 * (i % 2) for i in range(12)]) for _ in range(3)]
+    d, _, sig, _ = ST.thresholds(alt)
+    assert sig == pytest.approx(0.1 / np.sqrt(2), rel=0.05) and d == pytest.approx(3 * sig)
+    # label-free thresholds: the largest lasting entropy fall / echo rise of the control, or 3 sigma
+    ctrl = [_run([2.0] * 12, ent=[3.0] * 4 + [2.9] * 3 + [3.0] * 5), _run([2.0] * 12, echo=[0.4] * 5 + [0.45] * 7),
+            _run([2.0] * 12)]
+    assert T.lf_thresholds(ctrl) == (pytest.approx(0.1), pytest.approx(0.05))
+    assert T.lf_thresholds(ctrl, leave_out=0) == (pytest.approx(0.0), pytest.approx(0.05))
+    wobble = [_run([2.0] * 12, ent=[3.0 + 0.1 * (i % 2) for i in range(12)]) for _ in range(3)]
+    assert T.lf_thresholds(wobble)[0] == pytest.approx(3 * 0.1 / np.sqrt(2), rel=0.05)     # the 3-sigma floor
+    hack = _run([2.0] * 12, echo=[0.4] * 6 + [0.5] * 6, critic="online")
+    assert T.lf_step(hack, 0.1, 0.05) == 24 and T.lf_step(hack, 0.1, 0.1) is None
+    assert T.lf_step(_run([2.0] * 12, ent=[3.0] * 3 + [2.8] * 9), 0.1, 0.05) == 12
+    # leave-one-out: each of the two control runs with an excursion is judged with the others' thresholds, and fires
+    assert T.loo_fp(ctrl, T.lf_thresholds, T.lf_step) == 2
+    assert T.loo_fp(ctrl[1:], T.lf_thresholds, T.lf_step) == 1
+    assert sum(T.lf_step(s, *T.lf_thresholds(ctrl)) is not None for s in ctrl) == 0
