@@ -224,6 +224,9 @@ class Args:
     """--show: draw every n-th step"""
     torch_threads: int = 1
     """torch CPU threads; one is fastest on a small shared CPU"""
+    batch_rows: int = 2048
+    """at most this many (individual, lifetime) rows are run at once (the population runs in groups of individuals on
+    the same lifetimes): bounds the memory and keeps the rule's state in cache; it does not change the numbers"""
 
     # ---- derived at runtime ----
     genome_size: tyro.conf.Suppress[int] = 0
@@ -379,7 +382,7 @@ def finalize_args(args: Args) -> Args:
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must lie in [0, 2**32 - 1], got {args.seed}")
     for name in ("population_size", "num_survivors", "generations", "evals_per_gen", "steps", "eval_lifetimes",
-                 "torch_threads", "gif_stride", "episodes", "reeval_top"):
+                 "torch_threads", "gif_stride", "episodes", "reeval_top", "batch_rows"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.episodes > args.steps or (args.env == "hiddenfood" and args.steps % args.episodes):
@@ -553,29 +556,54 @@ def push_toward_food(obs: torch.Tensor, kp: float = 10.0, kd: float = 30.0) -> t
 # Actor: a batched tanh MLP whose weights, biases and noise stds belong to each (individual, lifetime).
 # ==================================================================================================
 class Actor:
+    """Stored batch-last: W[l] (n_in, n_out, B), b[l] and sigma[l] (n_out, B), with B = individuals x lifetimes (row
+    b = p*K + k) innermost and contiguous, so that every per-individual operation of the forward pass and of the rules
+    is one long vectorised loop over B (batch-first, each op loops over a handful of neurons per individual)."""
+
     def __init__(self, weights: list, biases: list, sigmas: list, weight_limit: float, sigma_limit: float):
         self.W, self.b, self.sigma = weights, biases, sigmas
         self.weight_limit, self.sigma_limit = weight_limit, sigma_limit
 
     def forward(self, obs: torch.Tensor, noise: Optional[list] = None):
-        """action (B, out) and the trace [(x, z, z^, y)] per layer that the rules read.
-        noise: per layer (K, n) standard normals shared by the P individuals (b = p*K + k)."""
-        x, trace = obs, []
+        """obs (B, n_obs) -> action (B, n_act) and the trace [(x, z, z^, y)] per layer that the rules read, each
+        (n, B). noise: per layer (K, n) standard normals shared by the P individuals (b = p*K + k)."""
+        x, trace = obs.t().contiguous(), []
         for li, (w, b, sig) in enumerate(zip(self.W, self.b, self.sigma)):
-            z = torch.baddbmm(b.unsqueeze(1), x.unsqueeze(1), w).squeeze(1)
+            z = torch.addcmul(b, w[0], x[0])                                      # z_j = b_j + sum_i x_i w_ij
+            for i in range(1, w.shape[0]):
+                z.addcmul_(w[i], x[i])
             if noise is None:
                 zhat = z
             else:
-                eps = noise[li]
-                zhat = (z.view(-1, eps.shape[0], eps.shape[1]) + sig.view(-1, *eps.shape) * eps).view_as(z)
+                eps = noise[li].t()                                               # (n, K), broadcast over P
+                zhat = (z.view(z.shape[0], -1, eps.shape[1]) + sig.view(z.shape[0], -1, eps.shape[1]) * eps[:, None]) \
+                    .view_as(z)
             y = torch.tanh(zhat)
             trace.append((x, z, zhat, y))
             x = y
-        return x, trace
+        return x.t().contiguous(), trace
+
+    def rows(self, lo: int, hi: int) -> "Actor":
+        """Rows lo..hi-1 (views)."""
+        pick = lambda ts: [t[..., lo:hi] for t in ts]
+        return Actor(pick(self.W), pick(self.b), pick(self.sigma), self.weight_limit, self.sigma_limit)
+
+    @staticmethod
+    def cat(actors: list) -> "Actor":
+        join = lambda ts: [torch.cat(parts, dim=-1) for parts in zip(*ts)]
+        a = actors[0]
+        return Actor(join([x.W for x in actors]), join([x.b for x in actors]), join([x.sigma for x in actors]),
+                     a.weight_limit, a.sigma_limit)
 
 
 def actor_layer_shapes(shape: list[int]) -> list[tuple[int, int]]:
     return list(zip(shape[:-1], shape[1:]))
+
+
+def batch_last(t: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """(P, *shape) -> a contiguous (*shape, P*k): dimension 0 moved last, each row repeated k times (row p*k + j)."""
+    t = t.movedim(0, -1)
+    return (t if k == 1 else t.unsqueeze(-1).expand(*t.shape, k).flatten(-2)).contiguous()
 
 
 def fresh_actor(shape: list[int], k: int, p: int, args: Args, gen: torch.Generator, device) -> Actor:
@@ -586,21 +614,20 @@ def fresh_actor(shape: list[int], k: int, p: int, args: Args, gen: torch.Generat
         lim = args.weight_limit
         w = (torch.randn(k, n_in, n_out, generator=gen, device=device) * std).clamp(-lim, lim)
         b = (torch.randn(k, n_out, generator=gen, device=device) * std).clamp(-lim, lim)
-        weights.append(w.repeat(p, 1, 1))
-        biases.append(b.repeat(p, 1))
-        sigmas.append(torch.full((k * p, n_out), min(args.sigma_init, args.sigma_limit), device=device))
+        weights.append(batch_last(w).repeat(1, 1, p))
+        biases.append(batch_last(b).repeat(1, p))
+        sigmas.append(torch.full((n_out, k * p), min(args.sigma_init, args.sigma_limit), device=device))
     return Actor(weights, biases, sigmas, args.weight_limit, args.sigma_limit)
 
 
 def actor_from_genome(genome: torch.Tensor, shape: list[int], k: int, args: Args) -> Actor:
     """--evolve actor: the genome (P, D) is [W_1, b_1, ..., W_L, b_L (, sigma_1..L)], repeated K times."""
-    g = genome.repeat_interleave(k, dim=0)
-    parts = unpack(g, actor_param_shapes(shape, args.sigma_limit > 0))
+    parts = unpack(genome, actor_param_shapes(shape, args.sigma_limit > 0))
     lim = args.weight_limit
-    weights = [parts[f"W{l}"].clamp(-lim, lim) for l in range(len(shape) - 1)]
-    biases = [parts[f"b{l}"].clamp(-lim, lim) for l in range(len(shape) - 1)]
+    weights = [batch_last(parts[f"W{l}"], k).clamp(-lim, lim) for l in range(len(shape) - 1)]
+    biases = [batch_last(parts[f"b{l}"], k).clamp(-lim, lim) for l in range(len(shape) - 1)]
     if args.sigma_limit > 0:
-        sigmas = [parts[f"s{l}"].clamp(0.0, args.sigma_limit) for l in range(len(shape) - 1)]
+        sigmas = [batch_last(parts[f"s{l}"], k).clamp(0.0, args.sigma_limit) for l in range(len(shape) - 1)]
     else:
         sigmas = [torch.zeros_like(b) for b in biases]
     return Actor(weights, biases, sigmas, lim, args.sigma_limit)
@@ -705,107 +732,129 @@ def unpack(genome: torch.Tensor, shapes: list[tuple[str, tuple]]) -> dict[str, t
 # ==================================================================================================
 # Learning rules (pure tensor code; update the actor in place after every env step)
 # ==================================================================================================
-def recurrent_cell(x: torch.Tensor, s: torch.Tensor, Ws, bs, Wo, bo) -> tuple[torch.Tensor, torch.Tensor]:
-    """cell(x, s) on (B, N, .) inputs with per-individual weights (B, ., .): returns (out, s')."""
-    s_new = torch.tanh(torch.baddbmm(bs.unsqueeze(1), torch.cat([s, x], -1), Ws))
-    return torch.tanh(torch.baddbmm(bo.unsqueeze(1), torch.cat([s_new, x], -1), Wo)), s_new
+def neuron_map(const: Optional[torch.Tensor], terms: list, n: int) -> torch.Tensor:
+    """A per-individual linear map applied to n neurons, batch-last: (C, n, B) = const (C, B) + sum over terms of
+    w (C, B) * x (n, B); const None is zero. (One pass over (C, n, B) per term; no per-individual matmul.)"""
+    (w0, x0), rest = terms[0], terms[1:]
+    acc = w0[:, None] * x0[None] if const is None else torch.addcmul(const[:, None], w0[:, None], x0[None])
+    for w, x in rest:
+        acc.addcmul_(w[:, None], x[None])
+    return acc
+
+
+def tanh_of_half_(u: torch.Tensor) -> torch.Tensor:
+    """tanh(u / 2) in place, as 2 sigmoid(u) - 1 (the same function; torch's CPU tanh is about 4x slower than its
+    sigmoid, and the cells' tanh was the largest cost of the update). The rule's parameters are stored doubled, so
+    u is twice the pre-activation and no extra pass is needed."""
+    return u.sigmoid_().mul_(2.0).sub_(1.0)
 
 
 class MessagePassingRule:
-    """The seed's rule (module docstring). State per neuron (B, n, state_dim), per synapse (B, state_dim, n_in, n_out)."""
+    """The seed's rule (module docstring), batch-last like the actor: every per-individual parameter is a contiguous
+    (B,) vector; state per neuron (state_dim, n, B), per synapse (state_dim, n_in, n_out, B). Both cells are
+    evaluated as sums of per-individual scalars times batch-last inputs (neuron_map), and the connection cell's
+    input part, which is linear, per neuron, broadcast to the synapses (never building the (14, n_in, n_out, B)
+    input)."""
 
-    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
+    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args, k: int = 1):
+        """genome (P, D); the rule runs P*k rows (row p*k + j is individual p)."""
         self.n_id = id_dim(args)
-        self.p = unpack(genome, mpnn_param_shapes(args.signal_dim, args.state_dim, self.n_id))
-        self.S, self.sd, self.lr, self.act_dim = args.signal_dim, args.state_dim, args.rule_lr, shape[-1]
-        B, dev = genome.shape[0], genome.device
-        self.node_state = [torch.zeros(B, n, self.sd, device=dev) for n in shape[1:]]
-        self.conn_state = [torch.zeros(B, self.sd, i, o, device=dev) for i, o in actor_layer_shapes(shape)]
-        # The connection cell's x-part is linear, so it is computed per neuron and broadcast to the synapses
-        # (never building the (B, n_in, n_out, 14) input): rows of [Ws | Wo] that multiply x, (B, in_c, sd + out_c).
-        sd, S = self.sd, self.S
-        wx = torch.cat([self.p["conn_Ws"][:, sd:], self.p["conn_Wo"][:, sd:]], dim=-1)
-        n_x = 2 * NODE_INFO + S + 3
-        self.wx_post = wx[:, list(range(NODE_INFO)) + list(range(2 * NODE_INFO, 2 * NODE_INFO + S))
-                          + list(range(n_x, n_x + self.n_id))]
-        self.wx_pre = wx[:, NODE_INFO:2 * NODE_INFO]
-        self.wx_w, self.wx_r, self.wx_flag = (wx[:, 2 * NODE_INFO + S + j] for j in range(3))
-        self.bias_c = torch.cat([self.p["conn_bs"], self.p["conn_bo"]], dim=-1)
-        self.ws_state, self.wo_state = self.p["conn_Ws"][:, :sd], self.p["conn_Wo"][:, :sd]
-        self.is_action = [torch.zeros(1, n, 1, device=dev) for n in shape[1:]]
-        self.is_action[-1][:, : self.act_dim] = 1.0
-        self.ids = [torch.zeros(1, n, self.n_id, device=dev) for n in shape[1:]]      # (1, n, id_dim)
-        if self.n_id:
-            self.ids[-1][0] = torch.eye(self.act_dim, device=dev)
+        S, sd = args.signal_dim, args.state_dim
+        self.S, self.sd, self.lr, self.act_dim = S, sd, args.rule_lr, shape[-1]
+        p = {name: batch_last(t, k) * 2.0 for name, t in                                 # (.., ., B), doubled:
+             unpack(genome, mpnn_param_shapes(S, sd, self.n_id)).items()}                   # see tanh_of_half_
+        B, dev, dt = genome.shape[0] * k, genome.device, genome.dtype
+        self.node_Ws, self.node_bs, self.node_Wo, self.node_bo = p["node_Ws"], p["node_bs"], p["node_Wo"], p["node_bo"]
+        self.node_state = [torch.zeros(sd, n, B, device=dev, dtype=dt) for n in shape[1:]]
+        self.conn_state = [torch.zeros(sd, i, o, B, device=dev, dtype=dt) for i, o in actor_layer_shapes(shape)]
+        # the connection cell's x rows of both heads side by side: (in_c, sd + S + 1, B); its state rows per head
+        self.wx = torch.cat([p["conn_Ws"][sd:], p["conn_Wo"][sd:]], dim=1)
+        self.bias_c = torch.cat([p["conn_bs"], p["conn_bo"]], dim=0)
+        self.ws_state, self.wo_state = p["conn_Ws"][:sd], p["conn_Wo"][:sd]
 
     def update(self, actor: Actor, trace: list, reward: torch.Tensor) -> None:
-        B, L, S, sd, lr = reward.shape[0], len(trace), self.S, self.sd, self.lr
-        r = reward[:, None, None]
-        signal = None
+        L, S, sd, lr, wl = len(trace), self.S, self.sd, self.lr, actor.weight_limit
+        r, signal = reward, None
+        # input rows: node x = [info 0-4, signal 5.., r, is_action, id..]; connection x = [post info 0-4, pre info
+        # 5-9, signal 10.., w, r, is_input, post id..] (after the state rows of Ws and Wo)
+        n_r, n_act, n_ids = sd + NODE_INFO + S, sd + NODE_INFO + S + 1, sd + NODE_INFO + S + 2
+        c_sig, c_w = 2 * NODE_INFO, 2 * NODE_INFO + S
+        c_r, c_flag, c_ids = c_w + 1, c_w + 2, c_w + 3
         for l in range(L - 1, -1, -1):
             x_in, z, zhat, y = trace[l]
-            n_in, n_out = x_in.shape[1], y.shape[1]
+            n_in, n_out, last = x_in.shape[0], y.shape[0], l == L - 1
             b, sig, w = actor.b[l], actor.sigma[l], actor.W[l]
-            if signal is None:
-                signal = torch.zeros(B, n_out, S, device=y.device)
-            info = torch.stack([z, zhat, y, b, sig], dim=-1)                              # (B, n_out, 5)
-            x_node = torch.cat([info, signal, r.expand(B, n_out, 1), self.is_action[l].expand(B, -1, -1),
-                                self.ids[l].expand(B, -1, -1)], -1)
-            out, self.node_state[l] = recurrent_cell(x_node, self.node_state[l], self.p["node_Ws"],
-                                                     self.p["node_bs"], self.p["node_Wo"], self.p["node_bo"])
-            post_signal = out[..., :S]
-            b.add_(lr * out[..., S]).clamp_(-actor.weight_limit, actor.weight_limit)
-            sig.add_(lr * out[..., S + 1]).clamp_(0.0, actor.sigma_limit)
-            info = torch.stack([z, zhat, y, b, sig], dim=-1)                              # with the new b, sigma
+            info = (z, zhat, y, b, sig)
+            sig_in = [] if signal is None else list(signal)                          # zeros for the last layer
+            # node cell: s' = tanh(Ws [s, x] + bs), out = tanh(Wo [s', x] + bo); is_action and the id are constants
+            cells = []
+            for Wm, bm, state in ((self.node_Ws, self.node_bs, self.node_state[l]), (self.node_Wo, self.node_bo, None)):
+                const = torch.addcmul(bm, Wm[n_r], r)
+                if last:
+                    const = const + Wm[n_act]
+                state = cells[0] if state is None else state
+                terms = [(Wm[j], state[j]) for j in range(sd)] + [(Wm[sd + a], t) for a, t in enumerate(info)] \
+                    + [(Wm[sd + NODE_INFO + j], g) for j, g in enumerate(sig_in)]
+                acc = neuron_map(const, terms, n_out)
+                if last:
+                    for q in range(self.n_id):
+                        acc[:, q] += Wm[n_ids + q]
+                cells.append(tanh_of_half_(acc))
+            self.node_state[l], out = cells
+            post_signal = out[:S]
+            b.add_(out[S], alpha=lr).clamp_(-wl, wl)
+            sig.add_(out[S + 1], alpha=lr).clamp_(0.0, actor.sigma_limit)
+            # connection cell, x part per neuron (C = sd + S + 1 pre-activations): post (with the new b, sigma) and pre
+            wx = self.wx
+            const = torch.addcmul(self.bias_c, wx[c_r], r)
             if l == 0:
-                pre_info = torch.zeros(B, n_in, NODE_INFO, device=y.device)
-                pre_info[..., 2] = x_in
+                const = const + wx[c_flag]
+            post = neuron_map(const, [(wx[a], t) for a, t in enumerate(info)]
+                              + [(wx[c_sig + j], g) for j, g in enumerate(post_signal)], n_out)
+            if last:
+                for q in range(self.n_id):
+                    post[:, q] += wx[c_ids + q]
+            if l == 0:                                                   # the input layer's info: only y = obs
+                pre = neuron_map(None, [(wx[NODE_INFO + 2], x_in)], n_in)
             else:
-                px, pz, pzhat, py = trace[l - 1]
-                pre_info = torch.stack([pz, pzhat, py, actor.b[l - 1], actor.sigma[l - 1]], dim=-1)
-            # x-part of both heads' pre-activations, per neuron, laid out (B, H, n), H = sd + S + 1
-            const = torch.addcmul(self.bias_c, reward[:, None], self.wx_r)
-            if l == 0:
-                const = const + self.wx_flag
-            post_x = torch.cat([info, post_signal, self.ids[l].expand(B, -1, -1)], -1)
-            post_part = torch.baddbmm(const[:, None], post_x, self.wx_post).transpose(1, 2)
-            pre_part = torch.bmm(pre_info, self.wx_pre).transpose(1, 2)
-            # ... broadcast to every synapse, one contiguous (B, ., n_in, n_out) tensor per head (state, output);
-            # s @ W then adds one pass per state unit, with per-individual scalars
-            state = self.conn_state[l]                                                     # (B, sd, n_in, n_out)
-            heads = []
-            for lo, hi, prev, wmat in ((0, sd, state, self.ws_state), (sd, None, None, self.wo_state)):
-                x = pre_part[:, lo:hi, :, None] + post_part[:, lo:hi, None, :]
-                x.addcmul_(w[:, None], self.wx_w[:, lo:hi, None, None])
-                prev = heads[0] if prev is None else prev
-                for k in range(sd):
-                    x.addcmul_(prev[:, k:k + 1], wmat[:, k, :, None, None])
-                heads.append(torch.tanh_(x))
-            s_new, out_c = heads                                                           # out_c (B, S+1, n_in, n_out)
-            self.conn_state[l] = s_new
-            w.add_(out_c[:, S], alpha=lr).clamp_(-actor.weight_limit, actor.weight_limit)
-            signal = out_c[:, :S].mean(dim=3).transpose(1, 2)                             # (B, n_in, S) to layer l-1
+                _, pz, pzhat, py = trace[l - 1]
+                pre = neuron_map(None, [(wx[NODE_INFO + a], t) for a, t in
+                                        enumerate((pz, pzhat, py, actor.b[l - 1], actor.sigma[l - 1]))], n_in)
+            # ... broadcast to the synapses, (units, n_in, n_out, B) per head, plus w and the state rows
+            state, heads = self.conn_state[l], []
+            for lo, hi, wstate in ((0, sd, self.ws_state), (sd, None, self.wo_state)):
+                x = pre[lo:hi, :, None] + post[lo:hi, None, :]
+                x.addcmul_(wx[c_w, lo:hi, None, None], w[None])
+                prev = state if not heads else heads[0]
+                for j in range(sd):
+                    x.addcmul_(wstate[j][:, None, None], prev[j][None])
+                heads.append(tanh_of_half_(x))
+            self.conn_state[l], out_c = heads                                # out_c (S + 1, n_in, n_out, B)
+            w.add_(out_c[S], alpha=lr).clamp_(-wl, wl)
+            signal = out_c[:S].mean(dim=2)                                   # (S, n_in, B) to layer l-1
 
 
 def abcd_delta(coef: torch.Tensor, pre: torch.Tensor, post: torch.Tensor, m: torch.Tensor):
-    """clip(h + m h', -1, 1) for every synapse of one layer, before the lr. coef (B, n_in+1, n_out, 8),
-    pre (B, n_in), post (B, n_out), m (B,). Returns (dW (B, n_in, n_out), db (B, n_out))."""
-    pre1 = torch.cat([pre, torch.ones_like(pre[:, :1])], dim=1)[:, :, None]            # (B, n_in+1, 1)
-    post1 = post[:, None, :]
-    c = torch.addcmul(coef[..., :4], coef[..., 4:], m[:, None, None, None])           # m first: A + m A', ...
-    d = (c[..., 0] * pre1 + c[..., 2]) * post1 + (c[..., 1] * pre1 + c[..., 3])
-    d = d.clamp_(-1.0, 1.0)
-    return d[:, :-1], d[:, -1]
+    """clip(h + m h', -1, 1) for every synapse of one layer, before the lr, batch-last. coef (8, n_in+1, n_out, B),
+    pre (n_in, B), post (n_out, B), m (B,). Returns (dW (n_in, n_out, B), db (n_out, B)). The coefficients are
+    combined with m first: ((A + mA') pre + (C + mC')) post + (B + mB') pre + (D + mD'), one pass each."""
+    pre1 = torch.cat([pre, torch.ones_like(pre[:1])], dim=0)[:, None]                    # (n_in+1, 1, B)
+    post1 = post[None]                                                                 # (1, n_out, B)
+    d = torch.addcmul(coef[0], coef[4], m).mul_(pre1).add_(coef[2]).addcmul_(coef[6], m).mul_(post1)
+    d.add_(torch.addcmul(coef[1], coef[5], m).mul_(pre1)).add_(coef[3]).addcmul_(coef[7], m)
+    d.clamp_(-1.0, 1.0)
+    return d[:-1], d[-1]
 
 
 class HebbianRule:
-    """Reward-modulated ABCD rule (module docstring); rbar, v: running mean and variance of the reward."""
+    """Reward-modulated ABCD rule (module docstring); rbar, v: running mean and variance of the reward. The
+    coefficients are held batch-last, (8, n_in+1, n_out, B) per layer, one copy for the rows being run."""
     RATE = 0.05
 
-    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
-        self.coef = list(unpack(genome, abcd_param_shapes(shape)).values())
+    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args, k: int = 1):
+        self.coef = [batch_last(c.movedim(-1, 1), k) for c in unpack(genome, abcd_param_shapes(shape)).values()]
         self.lr = args.rule_lr
-        self.rbar = torch.zeros(genome.shape[0], device=genome.device)
+        self.rbar = torch.zeros(genome.shape[0] * k, device=genome.device, dtype=genome.dtype)
         self.var = torch.zeros_like(self.rbar)
 
     def modulation(self, reward: torch.Tensor) -> torch.Tensor:
@@ -819,8 +868,8 @@ class HebbianRule:
         m = self.modulation(reward)
         for l, (x_in, _, _, y) in enumerate(trace):
             dw, db = abcd_delta(self.coef[l], x_in, y, m)
-            actor.W[l].add_(self.lr * dw).clamp_(-actor.weight_limit, actor.weight_limit)
-            actor.b[l].add_(self.lr * db).clamp_(-actor.weight_limit, actor.weight_limit)
+            actor.W[l].add_(dw, alpha=self.lr).clamp_(-actor.weight_limit, actor.weight_limit)
+            actor.b[l].add_(db, alpha=self.lr).clamp_(-actor.weight_limit, actor.weight_limit)
 
 
 class NodePerturbationRule:
@@ -831,21 +880,21 @@ class NodePerturbationRule:
         W += lr (r - rbar) e_W,  b += lr (r - rbar) e_b  (clip +-weight_limit),  rbar <- rbar + 0.05 (r - rbar)."""
     RATE = 0.05
 
-    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args):
-        B, dev = genome.shape[0], genome.device
+    def __init__(self, genome: torch.Tensor, shape: list[int], args: Args, k: int = 1):
+        B, dev = genome.shape[0] * k, genome.device
         self.lr, self.lam, self.var = args.hand_lr, args.hand_trace, args.hand_sigma ** 2
-        self.eW = [torch.zeros(B, i, o, device=dev) for i, o in actor_layer_shapes(shape)]
-        self.eb = [torch.zeros(B, o, device=dev) for o in shape[1:]]
+        self.eW = [torch.zeros(i, o, B, device=dev) for i, o in actor_layer_shapes(shape)]
+        self.eb = [torch.zeros(o, B, device=dev) for o in shape[1:]]
         self.rbar = torch.zeros(B, device=dev)
 
     def update(self, actor: Actor, trace: list, reward: torch.Tensor) -> None:
-        adv = (self.lr * (reward - self.rbar))[:, None]
+        adv = self.lr * (reward - self.rbar)
         self.rbar += self.RATE * (reward - self.rbar)
         for l, (x, z, zhat, _) in enumerate(trace):
             xi = (zhat - z) / self.var
-            self.eW[l].mul_(self.lam).add_(x[:, :, None] * xi[:, None, :])
+            self.eW[l].mul_(self.lam).addcmul_(x[:, None], xi[None])
             self.eb[l].mul_(self.lam).add_(xi)
-            actor.W[l].addcmul_(self.eW[l], adv[:, :, None]).clamp_(-actor.weight_limit, actor.weight_limit)
+            actor.W[l].addcmul_(self.eW[l], adv).clamp_(-actor.weight_limit, actor.weight_limit)
             actor.b[l].addcmul_(self.eb[l], adv).clamp_(-actor.weight_limit, actor.weight_limit)
 
 
@@ -872,10 +921,31 @@ def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch
     control). What the rule (or the GRU's reward input) is fed: the env's reward; zeros with zero_reward;
     rule_rewards (steps, B) with it given (the shuffled control). Returns returns (P, k), quarters (P, k, 4),
     episodes (P, k, E) (return of each episode), saturated (P, k) (fraction of action entries with |a| > 0.99),
-    the final actor, with keep_rewards the env's rewards (steps, B), with record the states of row 0."""
+    the final actor, with keep_rewards the env's rewards (steps, B), with record the states of row 0.
+
+    More than --batch-rows rows run as consecutive groups of individuals, each on the same lifetimes (the generator
+    is replayed: every draw here is per lifetime, shared by the individuals), so the numbers do not depend on it."""
+    p = 1 if genome is None else genome.shape[0]
+    per = max(1, args.batch_rows // k)
+    if p > per:
+        state, parts = gen.get_state(), []
+        for lo in range(0, p, per):
+            hi = min(p, lo + per)
+            gen.set_state(state)
+            parts.append(run_lifetimes(
+                args, genome[lo:hi], k, gen, device, plastic=plastic, zero_reward=zero_reward,
+                rule_rewards=None if rule_rewards is None else rule_rewards[:, lo * k:hi * k], controller=controller,
+                record=record and lo == 0, rule_name=rule_name, actor=None if actor is None else actor.rows(lo * k, hi * k),
+                keep_rewards=keep_rewards))
+        out = {key: torch.cat([q[key] for q in parts]) for key in ("returns", "quarters", "episodes", "saturated")}
+        out["actor"] = Actor.cat([q["actor"] for q in parts]) if isinstance(parts[0]["actor"], Actor) else None
+        if keep_rewards:
+            out["rewards"] = torch.cat([q["rewards"] for q in parts], dim=1)
+        if record:
+            out["frames"] = parts[0]["frames"]
+        return out
     env = make_env(args)
     shape = args.actor_shape
-    p = 1 if genome is None else genome.shape[0]
     B, E = p * k, args.episodes
     start = env.initial_state(k, gen, device)
     env.reset(start.repeat(p, 1))
@@ -888,7 +958,7 @@ def run_lifetimes(args: Args, genome: Optional[torch.Tensor], k: int, gen: torch
         else:
             actor = fresh_actor(shape, k, p, args, gen, device)
     if controller is None and args.evolve == "rule" and plastic:
-        rule = RULE_CLASSES[rule_name or args.rule](genome.repeat_interleave(k, dim=0), shape, args)
+        rule = RULE_CLASSES[rule_name or args.rule](genome, shape, args, k)
     noisy = isinstance(actor, Actor) and args.sigma_limit > 0
     total = torch.zeros(B, device=device)
     quarters = torch.zeros(B, 4, device=device)

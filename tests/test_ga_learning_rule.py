@@ -93,7 +93,7 @@ def test_observation_is_a_copy_the_step_does_not_change_what_the_actor_saw():
             seen = obs.clone()
             action, trace = actor.forward(obs)
             env.step(torch.ones_like(action))
-            assert torch.equal(obs, seen) and torch.equal(trace[0][0], seen)
+            assert torch.equal(obs, seen) and torch.equal(trace[0][0], seen.t())      # the trace is batch-last
         assert not torch.equal(env.obs, seen)                           # the state did move on
 
 
@@ -172,40 +172,45 @@ def loop_mpnn_update(p, net, trace, r, S, lr, wl, sl, act_dim, n_id=0):
         signal = msg.mean(axis=1)
 
 
-def random_actor(shape, B, gen):
+def random_actor(shape, B, gen, dtype=torch.float32):
+    """An actor with random weights, batch-last (W (n_in, n_out, B), b and sigma (n, B)), as the script stores it."""
     layers = M.actor_layer_shapes(shape)
-    return M.Actor([torch.randn(B, i, o, generator=gen) * 0.5 for i, o in layers],
-                   [torch.randn(B, o, generator=gen) * 0.5 for o in shape[1:]],
-                   [torch.rand(B, o, generator=gen) * 0.4 for o in shape[1:]], 1.0, 0.5)
+    return M.Actor([torch.randn(i, o, B, generator=gen, dtype=dtype) * 0.5 for i, o in layers],
+                   [torch.randn(o, B, generator=gen, dtype=dtype) * 0.5 for o in shape[1:]],
+                   [torch.rand(o, B, generator=gen, dtype=dtype) * 0.4 for o in shape[1:]], 1.0, 0.5)
 
 
 @pytest.mark.parametrize("neuron_id", [False, True])
 def test_mpnn_update_matches_a_loop_over_synapses(neuron_id):
+    """The batched, batch-last update against the docstring's message passing one synapse at a time, in float64 to
+    1e-12 (only the order of the float operations differs), over 4 steps with the recurrent states carried."""
     gen = torch.Generator().manual_seed(0)
     shape, S, sd, B, lr = [3, 4, 2], 2, 3, 3, 0.3                 # lr large enough that the clips act
     args = make_args(env="foodworld", actor_shape=[7, 8, 8, 2], signal_dim=S, state_dim=sd, rule_lr=lr,
                      neuron_id=neuron_id)
     n_id = 2 if neuron_id else 0
     shapes = M.mpnn_param_shapes(S, sd, n_id)
-    genome = torch.randn(B, sum(math.prod(s) for _, s in shapes), generator=gen)
+    f64 = torch.float64
+    genome = torch.randn(B, sum(math.prod(s) for _, s in shapes), generator=gen, dtype=f64)
     rule = M.MessagePassingRule(genome, shape, args)
-    actor = random_actor(shape, B, gen)
-    params = [{k: v[i].double().numpy() for k, v in M.unpack(genome, shapes).items()} for i in range(B)]
-    nets = [{"W": [w[k].double().numpy().copy() for w in actor.W], "b": [x[k].double().numpy().copy() for x in actor.b],
-             "s": [x[k].double().numpy().copy() for x in actor.sigma], "ns": [np.zeros((o, sd)) for o in shape[1:]],
+    actor = random_actor(shape, B, gen, f64)
+    params = [{k: v[i].numpy() for k, v in M.unpack(genome, shapes).items()} for i in range(B)]
+    nets = [{"W": [w[..., k].numpy().copy() for w in actor.W], "b": [x[:, k].numpy().copy() for x in actor.b],
+             "s": [x[:, k].numpy().copy() for x in actor.sigma], "ns": [np.zeros((o, sd)) for o in shape[1:]],
              "cs": [np.zeros((i, o, sd)) for i, o in M.actor_layer_shapes(shape)]} for k in range(B)]
     w_start = [w.clone() for w in actor.W]
     for step in range(4):                                           # the recurrent states carry over
-        _, trace = actor.forward(torch.randn(B, 3, generator=gen), [torch.randn(B, n, generator=gen) for n in shape[1:]])
-        r = torch.randn(B, generator=gen)
+        _, trace = actor.forward(torch.randn(B, 3, generator=gen, dtype=f64),
+                                 [torch.randn(B, n, generator=gen, dtype=f64) for n in shape[1:]])
+        r = torch.randn(B, generator=gen, dtype=f64)
         for k in range(B):
-            loop_mpnn_update(params[k], nets[k], [tuple(t[k].double().numpy() for t in layer) for layer in trace],
+            loop_mpnn_update(params[k], nets[k], [tuple(t[:, k].numpy() for t in layer) for layer in trace],
                              float(r[k]), S, lr, 1.0, 0.5, act_dim=2, n_id=n_id)
         rule.update(actor, trace, r)
         for k in range(B):
             for l in range(2):
                 for mine, ref in ((actor.W, "W"), (actor.b, "b"), (actor.sigma, "s")):
-                    np.testing.assert_allclose(mine[l][k].numpy(), nets[k][ref][l], atol=2e-5)
+                    np.testing.assert_allclose(mine[l][..., k].numpy(), nets[k][ref][l], rtol=0, atol=1e-12)
     assert all((w - w0).abs().max() > 0.1 for w, w0 in zip(actor.W, w_start))
     assert M.genome_size(make_args(neuron_id=False)) == 123          # the seed's parameter count
     assert M.genome_size(make_args()) == 123 + 2 * (2 + 3 + 2 + 2)   # + 2 id rows in each of the four matrices
@@ -217,10 +222,10 @@ def test_abcd_delta_by_hand():
     coef[0, 1, 0] = torch.tensor([0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 1.0, 0.0])
     coef[0, 2, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0])   # bias: D' only
     pre, post, m = torch.tensor([[0.4, -1.0]]), torch.tensor([[0.5]]), torch.tensor([0.25])
-    dw, db = M.abcd_delta(coef, pre, post, m)
+    dw, db = M.abcd_delta(coef.permute(3, 1, 2, 0), pre.t(), post.t(), m)   # the rule holds them batch-last
     w0 = 1.0 * 0.4 * 0.5 + 0.5 * 0.4 - 0.2 * 0.5 + 0.1 + 0.25 * (2.0 * 0.4 * 0.5)
     w1 = 0.3 + 0.25 * (1.0 * 0.5)
-    np.testing.assert_allclose(dw[0, :, 0].numpy(), [w0, w1], rtol=1e-6)
+    np.testing.assert_allclose(dw[:, 0, 0].numpy(), [w0, w1], rtol=1e-6)
     assert db[0, 0].item() == pytest.approx(min(0.25 * 5.0, 1.0))   # clipped to 1
 
 
@@ -284,19 +289,19 @@ def test_gru_actor_matches_torch_grucell_and_reads_reward_and_last_action():
 def test_node_perturbation_rule_by_hand():
     args = make_args(env="hiddenfood", actor_shape=[4, 2], hand_lr=0.5, hand_sigma=0.5, hand_trace=0.5)
     rule = M.NodePerturbationRule(torch.zeros(1, 0), [2, 1], args)
-    actor = M.Actor([torch.zeros(1, 2, 1)], [torch.zeros(1, 1)], [torch.full((1, 1), 0.5)], 10.0, 0.5)
+    actor = M.Actor([torch.zeros(2, 1, 1)], [torch.zeros(1, 1)], [torch.full((1, 1), 0.5)], 10.0, 0.5)
     x = torch.tensor([[1.0, -2.0]])
     _, trace = actor.forward(x, [torch.tensor([[1.0]])])                # xi = 0.5 * 1 = 0.5
     rule.update(actor, trace, torch.tensor([2.0]))                     # rbar 0: adv = 0.5 * 2 = 1
     e_b = 0.5 / 0.25                                                    # xi / sigma^2
     np.testing.assert_allclose(actor.b[0].numpy(), [[e_b]])
-    np.testing.assert_allclose(actor.W[0][0, :, 0].numpy(), [e_b * 1.0, e_b * -2.0])
+    np.testing.assert_allclose(actor.W[0][:, 0, 0].numpy(), [e_b * 1.0, e_b * -2.0])
     assert rule.rbar.item() == pytest.approx(0.1)
     _, trace = actor.forward(x, [torch.tensor([[-1.0]])])               # xi = -0.5; trace: 0.5 * 2 - 2 = -1
     rule.update(actor, trace, torch.tensor([0.1]))                     # adv = 0.5 * (0.1 - 0.1) = 0
     np.testing.assert_allclose(actor.b[0].numpy(), [[e_b]])
     np.testing.assert_allclose(rule.eb[0].numpy(), [[0.5 * e_b - 2.0]])
-    np.testing.assert_allclose(rule.eW[0][0, :, 0].numpy(), [0.5 * e_b * 1.0 - 2.0, 0.5 * e_b * -2.0 + 4.0])
+    np.testing.assert_allclose(rule.eW[0][:, 0, 0].numpy(), [0.5 * e_b * 1.0 - 2.0, 0.5 * e_b * -2.0 + 4.0])
 
 
 def test_hand_set_rule_learns_where_the_hidden_food_is():
@@ -347,6 +352,8 @@ def test_batched_population_equals_one_individual_at_a_time(env, evolve, rule):
     pop = torch.randn(3, args.genome_size, generator=torch.Generator().manual_seed(1))
     gen = lambda: M.lifetime_generator(5, 0, CPU)
     batched = M.run_lifetimes(args, pop, 2, gen(), CPU)["returns"]
+    grouped = M.run_lifetimes(dataclasses.replace(args, batch_rows=3), pop, 2, gen(), CPU)["returns"]
+    np.testing.assert_allclose(grouped.numpy(), batched.numpy(), rtol=1e-5, atol=1e-5)   # --batch-rows: same numbers
     for i in range(3):
         single = M.run_lifetimes(args, pop[i:i + 1], 2, gen(), CPU)["returns"]
         np.testing.assert_allclose(batched[i].numpy(), single[0].numpy(), rtol=1e-5, atol=1e-5)
@@ -634,19 +641,19 @@ def test_some_nan_fitness_is_counted_and_the_run_goes_on(tmp_path, monkeypatch):
 def test_nan_rule_state_stops_with_every_finished_row_kept(tmp_path, monkeypatch, capsys):
     """NaN in the rule's recurrent cells from generation 1 on: weights, actions, rewards and every
     fitness become NaN; the run stops after logging that generation, and every file is strict JSON."""
-    real_cell, real_eval = M.recurrent_cell, M.evaluate_generation
+    real_cell, real_eval = M.tanh_of_half_, M.evaluate_generation
     poison = {"on": False}
 
     def evaluate(args, pop, g, device):
         poison["on"] = g >= 1
         return real_eval(args, pop, g, device)
 
-    def cell(*a):
-        out, s = real_cell(*a)
-        return (out * float("nan"), s) if poison["on"] else (out, s)
+    def cell(u):                                                     # the cells' nonlinearity
+        out = real_cell(u)
+        return out.mul_(float("nan")) if poison["on"] else out
 
     monkeypatch.setattr(M, "evaluate_generation", evaluate)
-    monkeypatch.setattr(M, "recurrent_cell", cell)
+    monkeypatch.setattr(M, "tanh_of_half_", cell)
     code, run_dir = train_in_process(tmp_path, *TINY, "--generations", "4")
     assert code == 1 and "stopped: every individual had a non-finite fitness at generation 1" in capsys.readouterr().err
     rows = read_metrics(run_dir)
