@@ -1535,7 +1535,7 @@ def train(args: Args, log: RunLog) -> dict:
         torch.cuda.reset_peak_memory_stats()
     ga_gen = torch.Generator(device=device).manual_seed(args.seed)
     P, K = args.population_size, args.evals_per_gen
-    pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device) * args.init_std
+    pop = torch.randn(P, args.genome_size, generator=ga_gen, device=device).mul_(args.init_std)   # no second copy
     if args.optimizer == "es":
         mean = torch.zeros(args.genome_size, device=device)      # a zero rule makes no change: ES starts at no learning
         pop, eps = es_population(mean, args.es_sigma, P, ga_gen)
