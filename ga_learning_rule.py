@@ -7,8 +7,9 @@ lifetime? The original reported "it doesn't work (yet)"; this script is the vers
 why, with the controls that separate lifetime learning from a rule that merely drives the weights
 to a fixed policy.
 
-Everything is batched over B = population x lifetimes: dimension 0 of every tensor is one
-(individual, lifetime) pair, on the chosen device, under torch.inference_mode (no autograd).
+Everything is batched over B = population x lifetimes (row b = p*K + k, one (individual, lifetime) pair), on the
+chosen device, under torch.inference_mode (no autograd). The actor and the rules' state are stored batch-last (B
+innermost and contiguous), the env and the GA batch-first; at most --batch-rows rows run at once.
 
 Actor (per individual, shape --actor-shape, default [7, 8, 8, 2]): for each layer l
     z = x W_l + b_l,   z^ = z + sigma_l * eps (eps ~ N(0, 1), shared by the population),   y = tanh(z^)
@@ -88,12 +89,12 @@ Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: generation), summa
 Runtime:  defaults (P = 1000, 2 lifetimes x 200 steps, 30 generations, rule mpnn) are 12 M
           individual-steps: about 2 min of one CPU thread at the measured ~9e4 individual-steps per
           CPU-second (benchmark/ga_learning_rule_speed.sh), longer on a loaded machine.
-Result:   hiddenfood (docs/ga_learning_rule.md, benchmark/ga_learning_rule_hidden.sh; 6 seeds, P = 200, 50
+Result:   hiddenfood (docs/ga_learning_rule.md, benchmark/ga_learning_rule_hidden.sh; 10 seeds, P = 200, 50
           generations, a reduced budget): OpenAI-ES on the abcd family evolves a rule that learns where the
-          food is (lifetime return 3.17 +- 0.60 against 0 for doing nothing; shuffling its reward costs
-          4.24 +- 0.68); the GA's abcd rule improves a little within the lifetime but stays below 0
-          (-2.62 +- 1.75), its mpnn rule ignores the reward; the hand-set node-perturbation rule learns
-          (episode 1 -> 6: -0.30 -> 0.45). FoodWorld (3 seeds; rule rows re-run after the aliasing fix) evolving the actor directly (P = 1000, 8 lifetimes, 200
+          food is (lifetime return 3.19 +- 0.89 against 0 for doing nothing; shuffling its reward costs
+          4.02 +- 0.88); the GA's abcd rule improves a little within the lifetime but stays below 0
+          (-2.35 +- 1.16), its mpnn rule ignores the reward; the hand-set node-perturbation rule learns
+          (episode 1 -> 6: -0.31 -> 0.42). FoodWorld (3 seeds; rule rows re-run after the aliasing fix) evolving the actor directly (P = 1000, 8 lifetimes, 200
           generations) reaches a lifetime return of 8.25 +- 0.26 (about the foods eaten) on unseen
           layouts, against 8.32 +- 0.20 for a hand-written push-toward-food controller. No evolved rule of either family learns within its lifetime:
           the best mpnn rule ignores the reward (same return with it zeroed) and moves the agent on a
