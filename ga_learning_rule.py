@@ -325,7 +325,8 @@ def load_saved_individual(path: str) -> dict:
 
 def estimate_bytes(args: Args) -> tuple[float, str]:
     """The large allocations, from the arguments: every tensor of a generation's evaluation is batched
-    over B = P x lifetimes rows (the held-out random-rule control over eval_lifetimes^2), per row the
+    over B = P x lifetimes rows (the held-out random-rule control over eval_lifetimes^2), at most --batch-rows of
+    them at once, per row the
     repeated genome, the actor (W, b, sigma, a copy while updating), its trace, the rule's state and the
     update's temporaries (one layer at a time); the GA step holds about 6 copies of the (P, D) population;
     a recorded lifetime (trajectory, --show) keeps a small tensor per step, and --show's GIF writer every
@@ -352,7 +353,8 @@ def estimate_bytes(args: Args) -> tuple[float, str]:
     heldout = args.eval_lifetimes ** 2 if args.evolve == "rule" else args.eval_lifetimes
     if heldout > rows:
         rows, what = heldout, f"the held-out random-rule control ({args.eval_lifetimes}^2 lifetimes, genome {D})"
-    return 4.0 * (rows * per_row + 6 * args.population_size * D) + 512.0 * args.steps, what
+    live = min(rows, args.batch_rows)             # at most --batch-rows rows hold an actor and a rule at once
+    return 4.0 * (live * per_row + 64 * rows + 6 * args.population_size * D) + 512.0 * args.steps, what
 
 
 def finalize_args(args: Args) -> Args:
