@@ -506,8 +506,15 @@ def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> 
     return torch.where(explore, random_a, q.argmax(-1))
 
 
+def target_values(target: torch.Tensor, layout, x: torch.Tensor) -> torch.Tensor:
+    """max_a Q_target(x, a) of every member on its own inputs, no gradient.  x [M, S, d] -> [M, S]"""
+    with torch.no_grad():
+        return q_values(target, layout, x).amax(-1)
+
+
 def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active: torch.Tensor,
-                     weight_fn=None, table: Optional[torch.Tensor] = None):
+                     weight_fn=None, table: Optional[torch.Tensor] = None,
+                     v_next_table: Optional[torch.Tensor] = None):
     """Per-member (weighted) mean squared TD error and its gradient w.r.t. theta.
 
     batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
@@ -516,6 +523,8 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
     Returns grad [M,P] (zero for inactive members); weight_fn sees q_rows = Q(s_b, .) before the step.
     table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
     gathered by key: the same loss and gradient, with S instead of B rows per member.
+    v_next_table [M,S]: target_values(target, layout, table), passed in by a caller that keeps it
+    between target copies (it depends on the target only); computed here when None.
     """
     M, B = batch["action"].shape
     if table is None:                                   # every sample is its own row
@@ -525,7 +534,7 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
         x = x_next = table
         key, next_key = batch["key"], batch["next_key"]
     with torch.no_grad():
-        v_next = q_values(target, layout, x_next).amax(-1)                              # [M, S]
+        v_next = target_values(target, layout, x_next) if v_next_table is None else v_next_table  # [M, S]
         y = batch["reward"] + discount * v_next.gather(1, next_key) * (1 - batch["done"])
         p = unflatten(theta, layout)
         q_tab, cache = mlp_forward(p, x)                                                # [M, S, A]

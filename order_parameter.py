@@ -494,8 +494,15 @@ def epsilon_greedy(q: torch.Tensor, eps: torch.Tensor, gen: torch.Generator) -> 
     return torch.where(explore, random_a, q.argmax(-1))
 
 
+def target_values(target: torch.Tensor, layout, x: torch.Tensor) -> torch.Tensor:
+    """max_a Q_target(x, a) of every member on its own inputs, no gradient.  x [M, S, d] -> [M, S]"""
+    with torch.no_grad():
+        return q_values(target, layout, x).amax(-1)
+
+
 def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active: torch.Tensor,
-                     weight_fn=None, table: Optional[torch.Tensor] = None):
+                     weight_fn=None, table: Optional[torch.Tensor] = None,
+                     v_next_table: Optional[torch.Tensor] = None):
     """Per-member (weighted) mean squared TD error and its gradient w.r.t. theta.
 
     batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
@@ -504,6 +511,8 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
     Returns grad [M,P] (zero for inactive members); weight_fn sees q_rows = Q(s_b, .) before the step.
     table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
     gathered by key: the same loss and gradient, with S instead of B rows per member.
+    v_next_table [M,S]: target_values(target, layout, table), passed in by a caller that keeps it
+    between target copies (it depends on the target only); computed here when None.
     """
     M, B = batch["action"].shape
     if table is None:                                   # every sample is its own row
@@ -513,7 +522,7 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
         x = x_next = table
         key, next_key = batch["key"], batch["next_key"]
     with torch.no_grad():
-        v_next = q_values(target, layout, x_next).amax(-1)                              # [M, S]
+        v_next = target_values(target, layout, x_next) if v_next_table is None else v_next_table  # [M, S]
         y = batch["reward"] + discount * v_next.gather(1, next_key) * (1 - batch["done"])
         p = unflatten(theta, layout)
         q_tab, cache = mlp_forward(p, x)                                                # [M, S, A]
@@ -1116,6 +1125,8 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
     final_theta = torch.full_like(theta, float("nan"))        # each member's parameters when it leaves the batch
     ids = torch.arange(M, device=device)                      # row -> member id (rows shrink, ids do not)
     status, tick, logged, member_steps = "ok", 0, 0, 0
+    # corridor: max_a Q_target(cell, a) [M, S], recomputed only on the tick after some target copy
+    v_tab, target_moved = None, True
     start = last_print = time.time()
 
     while True:
@@ -1123,9 +1134,12 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
         _, action = act(theta, layout, obs, eps, gen)
         reward, term, trunc, obs = step_and_store(env, buf, obs, action, env.keys(), args.bootstrap_truncation)
         if buf.size > args.batch_size:
+            if table is not None and target_moved:
+                v_tab, target_moved = target_values(target, layout, table), False
             for _ in range(args.grad_steps):
                 batch = buf.sample(args.batch_size, gen, with_obs=table is None)
-                grad = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table)
+                grad = td_loss_and_grad(theta, target, layout, batch, args.discount, active, table=table,
+                                        v_next_table=v_tab)
                 g_sum += grad.norm(dim=1) * active                    # ||grad_theta L_TD||, per member
                 g_cnt += active
                 adam.step(theta, grad, active)
@@ -1138,7 +1152,8 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
         for store, value in ((returns, ep_ret), (td_norm, g_sum / g_cnt.clamp(min=1))):
             flat = store.view(-1)
             flat[slot] = torch.where(fin, value, flat[slot])
-        target = torch.where((fin & (ep_count % args.target_every == 0)).unsqueeze(1), theta, target)
+        copy = fin & (ep_count % args.target_every == 0)
+        target = torch.where(copy.unsqueeze(1), theta, target)
         eps = torch.where(fin, (eps * args.eps_decay).clamp(min=args.eps_end), eps)
         due = fin & (ep_count % args.order_every == 0)
         ep_count += fin.long()
@@ -1147,9 +1162,10 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
         tick += 1
         member_steps += theta.shape[0]
         # the one host sync per tick; min and max propagate NaN, so this sees any non-finite parameter
-        any_due, n_active, done_by_all, finite = torch.stack(
+        any_due, n_active, done_by_all, finite, copied = torch.stack(
             [due.any().long(), (ep_count < E).sum(), ep_count.min(),
-             torch.stack(torch.aminmax(theta)).isfinite().all().long()]).tolist()
+             torch.stack(torch.aminmax(theta)).isfinite().all().long(), copy.any().long()]).tolist()
+        target_moved = target_moved or bool(copied)
         if not finite:
             status = f"non-finite Q-network parameters at tick {tick}, after {logged} episodes of every member"
             break
@@ -1167,9 +1183,9 @@ def train_lockstep(args: Args, env, theta: torch.Tensor, layout, buf: ReplayBuff
             # ---- compaction: drop the members that are done, so they cost nothing from here on ----
             rows = (ep_count < E).nonzero().squeeze(1)
             final_theta[ids] = theta
-            theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table, cells = (
+            theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table, cells, v_tab = (
                 None if x is None else x[rows]
-                for x in (theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table, cells))
+                for x in (theta, target, eps, ep_count, ep_ret, g_sum, g_cnt, obs, ids, probes, table, cells, v_tab))
             for obj in (env, adam, buf):
                 keep_rows(obj, rows)
 
