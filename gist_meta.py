@@ -146,6 +146,8 @@ class Args:
     """S of --corpus letters: each line draws every character uniformly from its own random S of 62 symbols (a-z, A-Z, 0-9)"""
     kv_keys: int = 8
     """m of --corpus kv: each line is a random map of m lowercase keys to uppercase values, written as key-value pairs of keys drawn at random"""
+    kv_value_len: int = 1
+    """V of --corpus kv: each value is a string of V uppercase letters (a pair is V + 1 characters)"""
     synth_line_len: int = 512
     """characters per line of a synthetic corpus (a newline ends each line)"""
     synth_chars: int = 300_000
@@ -310,6 +312,8 @@ def check_args(args: Args) -> Args:
         raise ValueError(f"--letters-support must lie in [1, 62], got {args.letters_support}")
     if not 1 <= args.kv_keys <= 26:
         raise ValueError(f"--kv-keys must lie in [1, 26], got {args.kv_keys}")
+    if not 1 <= args.kv_value_len <= 16:
+        raise ValueError(f"--kv-value-len must lie in [1, 16], got {args.kv_value_len}")
     if args.synth_line_len < 2 or args.synth_chars < 2 * args.synth_line_len:
         raise ValueError(f"--synth-line-len must be at least 2 and --synth-chars at least two lines, got "
                          f"{args.synth_line_len} and {args.synth_chars}")
@@ -597,11 +601,13 @@ def build_tokenizer(args, train_text: str, specials) -> LMTokenizer:
 LOWER, UPPER, DIGITS = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
 
 
-def synthetic_line(kind: str, rng: np.random.Generator, n: int, period: int, support: int, keys: int) -> str:
+def synthetic_line(kind: str, rng: np.random.Generator, n: int, period: int, support: int, keys: int,
+                   value_len: int = 1) -> str:
     """One line of n characters of a synthetic corpus in which the context decides the continuation:
     repeat: a random `period`-letter string (a-z), repeated; letters: each character uniform over a
     random `support` of the 62 symbols a-z A-Z 0-9; kv: pairs key value (a lowercase key drawn
-    uniformly from the line's `keys` keys, then its uppercase value, fixed for the line)."""
+    uniformly from the line's `keys` keys, then its value of `value_len` uppercase letters, fixed for
+    the line)."""
     if kind == "repeat":
         unit = "".join(rng.choice(list(LOWER), period))
         return (unit * (n // period + 1))[:n]
@@ -610,8 +616,9 @@ def synthetic_line(kind: str, rng: np.random.Generator, n: int, period: int, sup
         return "".join(rng.choice(symbols, n))
     if kind == "kv":
         ks = rng.choice(list(LOWER), keys, replace=False)
-        vs = rng.choice(list(UPPER), keys)
-        picks = rng.integers(0, keys, n // 2 + 1)
+        vs = rng.choice(list(UPPER), keys) if value_len == 1 else \
+            ["".join(rng.choice(list(UPPER), value_len)) for _ in range(keys)]
+        picks = rng.integers(0, keys, n // (value_len + 1) + 1)
         return "".join(ks[i] + vs[i] for i in picks)[:n]
     raise ValueError(f"unknown synthetic corpus {kind!r}")
 
@@ -623,10 +630,10 @@ def synthetic_corpus(args) -> tuple[str, str, str]:
     rng = np.random.default_rng(args.corpus_seed)
     n_lines = max(2, args.synth_chars // (args.synth_line_len + 1))
     text = "\n".join(synthetic_line(args.corpus, rng, args.synth_line_len, args.repeat_period, args.letters_support,
-                                    args.kv_keys) for _ in range(n_lines)) + "\n"
+                                    args.kv_keys, args.kv_value_len) for _ in range(n_lines)) + "\n"
     cut = len(text) - int(len(text) * args.val_fraction)
     detail = {"repeat": f"P={args.repeat_period}", "letters": f"S={args.letters_support}",
-              "kv": f"m={args.kv_keys}"}[args.corpus]
+              "kv": f"m={args.kv_keys}, V={args.kv_value_len}"}[args.corpus]
     source = (f"synthetic {args.corpus} ({detail}, {n_lines} lines of {args.synth_line_len}, corpus seed "
               f"{args.corpus_seed}), {len(text)} chars, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}")
     return text[:cut], text[cut:], source
@@ -781,6 +788,36 @@ def gist_codes(model, params: Optional[dict], span: torch.Tensor, gist_vecs: tor
     return forward(model, params, hidden=True, logits_to_keep=1, inputs_embeds=x).hidden_states[-1][:, -k:]
 
 
+def joint_gist_layout(span_len: int, num_gist: int, device=None, dtype: torch.dtype = torch.float32):
+    """(mask (1, 1, T, T), position ids (1, T)) of the one-pass sequence [s^ | G | s | G'],
+    T = 2L + 2k: causal, and nothing after G sees G (s and G' read s^ and s, never G), with position ids
+    0..L+k-1 for [s^ | G] and L..2L+k-1 for [s | G'], so that G's states are those of the pass
+    [s^ | G] and G''s those of the pass [s^ ; s | G']. Additive float mask, as gist_attention_mask."""
+    L, k = span_len, num_gist
+    T = 2 * L + 2 * k
+    q = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    allowed = (j <= q) & ~((q >= L + k) & (j >= L) & (j < L + k))
+    mask = torch.zeros(T, T, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    pos = torch.cat([torch.arange(L + k, device=device), torch.arange(L, 2 * L + k, device=device)])[None]
+    return mask, pos
+
+
+def gist_codes_joint(model, params: Optional[dict], pred: torch.Tensor, truth: torch.Tensor,
+                     gist_vecs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z_own, z_both), each (B, k, d), from ONE model pass over [pred | G | truth | G'] (see
+    joint_gist_layout): z_own = gist_codes(pred), z_both = gist_codes([pred ; truth]), same values
+    and the same gradients, with one call instead of two (pred, truth: (B, L, d) embeddings)."""
+    B, L = pred.shape[:2]
+    k = gist_vecs.shape[0]
+    g = gist_vecs.unsqueeze(0).expand(B, k, -1)
+    mask, pos = joint_gist_layout(L, k, pred.device, pred.dtype)
+    x = torch.cat([pred, g, truth, g], dim=1)
+    h = forward(model, params, hidden=True, logits_to_keep=1, inputs_embeds=x, attention_mask=mask,
+                position_ids=pos.expand(B, -1)).hidden_states[-1]
+    return h[:, L:L + k], h[:, -k:]
+
+
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (1.0 - F.cosine_similarity(a, b, dim=-1)).mean()
 
@@ -869,18 +906,32 @@ def init_phi(gist_row: torch.Tensor, num_gist: int, proj: bool, scale: bool) -> 
 
 def gist_loss(model, params: Optional[dict], phi: dict, ids: torch.Tensor, gist_id: int,
               temperature: float = 1.0, stopgrad_target: bool = True,
-              target_params: Optional[dict] = None) -> torch.Tensor:
+              target_params: Optional[dict] = None, target_codes: Optional[torch.Tensor] = None,
+              return_codes: bool = False):
     """L_gist(theta, phi) on a chunk batch ids (B, L+1): e^s * mean(1 - cos(P z(s^), P z([s^ ; s]))),
     s^ the soft predicted embeddings of s_1..s_L, s their true embeddings, z through gist phi.
     stopgrad_target: z_both (the truth side) is computed from theta detached (weights, s^ and E),
     so no gradient reaches theta through it, while it still depends on phi (for the meta-gradient);
     target_params: the weights of that truth side if not params (the first-order meta-gradient shifts
-    only the prediction side's weights)."""
+    only the prediction side's weights); target_codes: a ready z_both (raw codes, a function of phi)
+    used instead of computing the truth side; return_codes: (loss, z_both), z_both None without the
+    stop-gradient.
+    Passes: the LM over the chunk, then the codes. Without the stop-gradient both codes come from ONE
+    pass over [s^ | G | s | G'] (gist_codes_joint; both sides are differentiated, and the joint pass
+    is shorter than the two). With it, z_own and z_both are two passes, the second on theta detached:
+    one pass with shared weights cannot keep z_both a function of phi but not of theta, and it would
+    run theta's backward over all 2L + 2k positions where z_own needs L + k (measured slower)."""
     emb = input_embeddings(model, params)
     logits = forward(model, params, input_ids=ids[:, :-1]).logits
     pred = soft_embeddings(logits, emb, gist_id, temperature)
-    z_own = gist_codes(model, params, pred, phi["gist"])
-    if stopgrad_target:
+    z_both = None
+    if target_codes is not None:
+        z_own = gist_codes(model, params, pred, phi["gist"])
+        z_target = target_codes
+    elif not stopgrad_target:
+        z_own, z_target = gist_codes_joint(model, params, pred, emb[ids[:, 1:]], phi["gist"])
+    else:
+        z_own = gist_codes(model, params, pred, phi["gist"])
         src = target_params if target_params is not None else (dict(model.named_parameters()) if params is None
                                                                 else params)
         frozen = {n: p.detach() for n, p in src.items()}
@@ -891,30 +942,37 @@ def gist_loss(model, params: Optional[dict], phi: dict, ids: torch.Tensor, gist_
             with torch.no_grad():
                 pred_sg = soft_embeddings(forward(model, frozen, input_ids=ids[:, :-1]).logits, emb_sg, gist_id,
                                           temperature)
-        z_both = gist_codes(model, frozen, torch.cat([pred_sg, emb_sg[ids[:, 1:]]], dim=1), phi["gist"])
-    else:
-        z_both = gist_codes(model, params, torch.cat([pred, emb[ids[:, 1:]]], dim=1), phi["gist"])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in phi.values())):
+            z_both = z_target = gist_codes(model, frozen, torch.cat([pred_sg, emb_sg[ids[:, 1:]]], dim=1),
+                                           phi["gist"])
     if "proj" in phi:
-        z_own, z_both = z_own @ phi["proj"].T, z_both @ phi["proj"].T
-    loss = cosine_distance(z_own, z_both)
-    return loss * phi["log_scale"].exp() if "log_scale" in phi else loss
+        z_own, z_target = z_own @ phi["proj"].T, z_target @ phi["proj"].T
+    loss = cosine_distance(z_own, z_target)
+    if "log_scale" in phi:
+        loss = loss * phi["log_scale"].exp()
+    return (loss, z_both) if return_codes else loss
 
 
 def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: torch.Tensor, inner_lr: float,
                    loss_fn, first_order: bool = False, fd_eps: float = 0.01, meta_theta: bool = False,
                    return_fast: bool = False):
     """One meta step's gradients. theta: name -> tensor (requires grad), phi: name -> tensor.
-    loss_fn(model, params, phi, ids, target_params=None) is the inner loss (target_params: the weights
-    of a stop-gradient truth side, see gist_loss). Returns (inner loss, outer loss, grads)
+    loss_fn(model, params, phi, ids, **kw) is the inner loss; the first-order path calls it with
+    return_codes=True and target_codes=... (see gist_loss). Returns (inner loss, outer loss, grads)
     with grads: name -> gradient of the outer loss for every phi entry (and theta's with meta_theta).
         second order:  theta' = theta - alpha grad L(theta, phi) kept in the graph; autograd.grad.
         first order:   v = grad CE(theta'), theta' detached; phi-grad by the forward difference
-                       -alpha (grad_phi L(theta + eps v) - grad_phi L(theta)) / eps, eps = fd_eps/|v|;
-                       theta-grad = v (first-order MAML).
+                       -alpha grad_phi (L(theta + eps v) - L(theta)) / eps, eps = fd_eps/|v|, one
+                       backward, with the stop-gradient truth side z_both(theta, phi) of the first
+                       pass reused; theta-grad = v (first-order MAML). Model passes: LM + 2 gist
+                       passes at theta, CE at theta', LM + 1 gist pass at theta + eps v.
     return_fast: also return theta' (detached), the weights after the inner step."""
     names, tensors = list(theta), list(theta.values())
     phi_names, phi_tensors = list(phi), list(phi.values())
-    inner = loss_fn(model, theta, phi, x_train)
+    if first_order:                          # z_both (stop-gradient truth side) is reused below
+        inner, z_both = loss_fn(model, theta, phi, x_train, return_codes=True)
+    else:
+        inner = loss_fn(model, theta, phi, x_train)
     if not first_order:
         g = torch.autograd.grad(inner, tensors, create_graph=True)
         fast = {n: p - inner_lr * gi for n, p, gi in zip(names, tensors, g)}
@@ -924,21 +982,21 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
         grads = [torch.zeros_like(w) if gr is None else gr for w, gr in zip(wrt, grads)]
         out = inner.detach(), outer.detach(), dict(zip(phi_names + (names if meta_theta else []), grads))
         return out + ({n: f.detach() for n, f in fast.items()},) if return_fast else out
-    g_all = torch.autograd.grad(inner, tensors + phi_tensors, allow_unused=True)
-    g, g_phi0 = g_all[:len(tensors)], g_all[len(tensors):]
-    fast = {n: (p - inner_lr * gi).detach().requires_grad_() for n, p, gi in zip(names, tensors, g)}
+    g = torch.autograd.grad(inner, tensors, allow_unused=True, retain_graph=True)
+    fast = {n: (p - inner_lr * (0 if gi is None else gi)).detach().requires_grad_()
+            for n, p, gi in zip(names, tensors, g)}
     outer = lm_ce(model, fast, x_val)
     v = torch.autograd.grad(outer, list(fast.values()))
     eps = fd_eps / torch.sqrt(sum((vi * vi).sum() for vi in v)).clamp_min(1e-12)
     shifted = {n: p.detach() + eps * vi for n, p, vi in zip(names, tensors, v)}
-    # the truth side of a stop-gradient loss keeps theta: v . grad_theta L moves the prediction side only
-    g_phi1 = torch.autograd.grad(loss_fn(model, shifted, phi, x_train, target_params=theta), phi_tensors,
-                                 allow_unused=True)
-    grads = {}
-    for n, w, a, b in zip(phi_names, phi_tensors, g_phi1, g_phi0):
-        a = torch.zeros_like(w) if a is None else a
-        b = torch.zeros_like(w) if b is None else b
-        grads[n] = -inner_lr * (a - b) / eps
+    # the truth side of a stop-gradient loss keeps theta: v . grad_theta L moves the prediction side only,
+    # so its codes z_both(theta, phi) are those of the first pass (reused, with their graph to phi); one
+    # backward of L(theta + eps v) - L(theta) gives the difference of the two phi-gradients
+    shifted_loss = loss_fn(model, shifted, phi, x_train) if z_both is None else \
+        loss_fn(model, shifted, phi, x_train, target_codes=z_both)
+    g_diff = torch.autograd.grad(shifted_loss - inner, phi_tensors, allow_unused=True)
+    grads = {n: -inner_lr * (torch.zeros_like(w) if d is None else d) / eps
+             for n, w, d in zip(phi_names, phi_tensors, g_diff)}
     if meta_theta:
         grads.update(zip(names, v))
     out = inner.detach(), outer.detach(), grads

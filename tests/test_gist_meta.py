@@ -418,6 +418,57 @@ def test_first_order_approximates_second_order_but_differs(float64_llama):
     assert err(fo) < err(coarse)
 
 
+def test_first_order_reuses_the_truth_side_and_matches_the_two_gradient_formula(float64_llama):
+    """The first-order phi-gradient -alpha (grad_phi L(theta + eps v) - grad_phi L(theta)) / eps, with the
+    truth side kept at theta, written out with the two-pass loss (truth side recomputed at theta)."""
+    model, theta, phi, x_tr, x_val, loss_fn = meta_problem(seed=2)
+    lr, fd = 0.5, 1e-4
+    _, _, fo = G.meta_gradients(model, theta, phi, x_tr, x_val, lr, loss_fn, first_order=True, fd_eps=fd)
+    names, tensors, phis = list(theta), list(theta.values()), list(phi.values())
+    g = torch.autograd.grad(loss_fn(model, theta, phi, x_tr), tensors)
+    fast = {n: (p - lr * gi).detach().requires_grad_() for n, p, gi in zip(names, tensors, g)}
+    v = torch.autograd.grad(G.lm_ce(model, fast, x_val), list(fast.values()))
+    eps = fd / torch.sqrt(sum((vi * vi).sum() for vi in v))
+    shifted = {n: p.detach() + eps * vi for n, p, vi in zip(names, tensors, v)}
+    g1 = torch.autograd.grad(loss_fn(model, shifted, phi, x_tr, target_params=theta), phis)
+    g0 = torch.autograd.grad(loss_fn(model, theta, phi, x_tr), phis)
+    for n, a, b in zip(phi, g1, g0):
+        assert torch.allclose(fo[n], -lr * (a - b) / eps, rtol=1e-6, atol=1e-9), n
+    # shifting the truth side too (no stop-gradient in the difference) is another quantity
+    g1_all = torch.autograd.grad(loss_fn(model, shifted, phi, x_tr, target_params=shifted), phis)
+    assert (-lr * (g1_all[0] - g0[0]) / eps - fo["gist"]).norm() > 1e-3 * fo["gist"].norm()
+
+
+def test_joint_pass_equals_the_two_passes():
+    """One pass over [s^ | G | s | G'] with position ids gives z_own and z_both of the two separate passes,
+    values and gradients; gist_loss without the stop-gradient uses it."""
+    L, k = 5, 2
+    mask, pos = G.joint_gist_layout(L, k)
+    allowed = mask[0, 0] == 0
+    for q in range(2 * L + 2 * k):
+        for j in range(2 * L + 2 * k):
+            assert bool(allowed[q, j]) == (j <= q and not (q >= L + k and L <= j < L + k)), (q, j)
+    assert pos[0].tolist() == list(range(L + k)) + list(range(L, 2 * L + k))
+    model = tiny_model(layers=3)
+    theta = dict(model.named_parameters())
+    phi = G.init_phi(model.get_input_embeddings().weight[23], k, proj=True, scale=True)
+    with torch.no_grad():
+        phi["gist"].add_(0.3 * torch.randn_like(phi["gist"]))
+    ids = torch.randint(0, 23, (3, L + 1), generator=torch.Generator().manual_seed(6))
+    emb = theta["model.embed_tokens.weight"]
+    pred = G.soft_embeddings(G.forward(model, theta, input_ids=ids[:, :-1]).logits, emb, 23, 1.0)
+    z_own, z_both = G.gist_codes_joint(model, theta, pred, emb[ids[:, 1:]], phi["gist"])
+    r_own = G.gist_codes(model, theta, pred, phi["gist"])
+    r_both = G.gist_codes(model, theta, torch.cat([pred, emb[ids[:, 1:]]], 1), phi["gist"])
+    assert torch.allclose(z_own, r_own, atol=1e-5) and torch.allclose(z_both, r_both, atol=1e-5)
+    loss = G.gist_loss(model, theta, phi, ids, 23, stopgrad_target=False)
+    ref = G.cosine_distance(r_own @ phi["proj"].T, r_both @ phi["proj"].T) * phi["log_scale"].exp()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    wrt = list(theta.values()) + [phi["gist"]]
+    for a, b in zip(torch.autograd.grad(loss, wrt), torch.autograd.grad(ref, wrt)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # Validation-chunk selection
 # ------------------------------------------------------------------------------------------------
@@ -711,8 +762,8 @@ def test_all_stages_write_every_output(tmp_path):
         assert (run_dir / png).stat().st_size > 1000
 
 
-def test_stage_c_similar_first_order_is_deterministic(tmp_path):
-    args = (*TINY, "--stage", "c", "--val-select", "similar", "--sim-repr", "mean", "--first-order", "True",
+def test_stage_c_similar_second_order_is_deterministic(tmp_path):
+    args = (*TINY, "--stage", "c", "--val-select", "similar", "--sim-repr", "mean", "--first-order", "False",
             "--meta-theta", "True", "--gist-proj", "False", "--learn-loss-scale", "False")
     (tmp_path / "1").mkdir(), (tmp_path / "2").mkdir()
     (c1, d1), (c2, d2) = (run_in_process(G, SCRIPT, "step", tmp_path / n, *args) for n in ("1", "2"))
