@@ -142,16 +142,16 @@ class Args:
     """text (pydoc_data.topics, --text-path or --hf-dataset), or a synthetic corpus in which the context decides the continuation: repeat, letters, kv"""
     repeat_period: int = 8
     """P of --corpus repeat: each line is one random P-letter string (a-z) repeated"""
-    letters_support: int = 12
+    letters_support: int = 6
     """S of --corpus letters: each line draws every character uniformly from its own random S of 62 symbols (a-z, A-Z, 0-9)"""
-    kv_keys: int = 8
+    kv_keys: int = 4
     """m of --corpus kv: each line is a random map of m lowercase keys to uppercase values, written as key-value pairs of keys drawn at random"""
     kv_value_len: int = 1
     """V of --corpus kv: each value is a string of V uppercase letters (a pair is V + 1 characters)"""
     synth_line_len: int = 512
     """characters per line of a synthetic corpus (a newline ends each line)"""
-    synth_chars: int = 300_000
-    """characters of a synthetic corpus (train + validation)"""
+    synth_chars: int = 3_000_000
+    """characters of a synthetic corpus (train + validation); 3M so that a few hundred stage-A steps do not overfit it (at 300k the none control's validation CE rose with training)"""
     corpus_seed: int = 0
     """seed of the synthetic corpus (fixed across --seed, so every seed sees the same text)"""
     tokenizer: str = "byte"

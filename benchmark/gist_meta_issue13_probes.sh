@@ -10,6 +10,6 @@ mkdir -p "$out"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 for c in repeat letters kv; do
   (cd "$out" && nice -n 10 python ../../../gist_meta.py --stage a --corpus $c --n-embd 64 --n-layer 2 --n-head 4 \
-     --n-kv-head 2 --a-steps 300 --a-modes full none --exp-name probe8_$c > probe8_$c.log 2>&1)
+     --n-kv-head 2 --a-steps 300 --synth-chars 300000 --letters-support 12 --kv-keys 8 --a-modes full none --exp-name probe8_$c > probe8_$c.log 2>&1)
 done
 grep -h "^\[A\] CE" "$out"/probe8_*.log
