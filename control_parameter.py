@@ -438,30 +438,54 @@ def mlp_backward(p: dict, cache, g_q: torch.Tensor) -> torch.Tensor:
     layout.  ReLU' is taken as 1[h > 0], which is torch's convention (ReLU'(0) = 0), so zero-padded
     units get exactly zero gradient.  Checked against autograd in tests."""
     x, h1, h2 = cache
-    g2 = torch.bmm(g_q, p["W3"].transpose(1, 2)) * (h2 > 0)                         # dL/dz2 [M, B, H]
-    g1 = torch.bmm(g2, p["W2"].transpose(1, 2)) * (h1 > 0)                          # dL/dz1 [M, B, H]
+    # threshold_backward(g, h, 0) = g * 1[h > 0], ReLU's own backward: one op instead of a compare and a multiply
+    g2 = torch.ops.aten.threshold_backward(torch.bmm(g_q, p["W3"].transpose(1, 2)), h2, 0)  # dL/dz2 [M, B, H]
+    g1 = torch.ops.aten.threshold_backward(torch.bmm(g2, p["W2"].transpose(1, 2)), h1, 0)   # dL/dz1 [M, B, H]
     parts = (torch.bmm(x.transpose(1, 2), g1), g1.sum(1), torch.bmm(h1.transpose(1, 2), g2), g2.sum(1),
              torch.bmm(h2.transpose(1, 2), g_q), g_q.sum(1))
     return torch.cat([t.flatten(1) for t in parts], 1)
 
 
 class BatchedAdam:
-    """torch.optim.Adam's update, per member, on theta [M, P]; inactive members do not move."""
+    """torch.optim.Adam's update, per member, on theta [M, P]; inactive members do not move.
+    plan(active, steps) computes, once for `steps` successive steps with the same active members,
+    every coefficient that does not depend on the gradient (each step's bias corrections);
+    step_planned(theta, grad, j) is then step j of them.  step() is plan(active, 1) + step_planned(0)."""
 
     def __init__(self, theta: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
         self.m, self.v = torch.zeros_like(theta), torch.zeros_like(theta)
         self.t = torch.zeros(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+        self.coef = None
 
     @torch.no_grad()
+    def plan(self, active: torch.Tensor, steps: int) -> None:
+        a = active.to(self.t.dtype).unsqueeze(1)                                   # [M, 1]
+        j = torch.arange(1, steps + 1, dtype=a.dtype, device=a.device).view(-1, 1, 1)
+        t = (self.t + j * a).clamp(min=1)              # [steps, M, 1] step counts (integers: exact in float)
+        self.t += steps * a
+        # pow step by step on [M, 1]: its vectorised and scalar kernels round differently, and which
+        # one an element gets depends on its place in the tensor, so [steps, M, 1] at once would not
+        # give torch.optim.Adam's (and step()'s) numbers
+        lr = a * self.lr
+        self.coef = ((1 - self.b1) * a, 1 - (1 - self.b2) * a,                     # m and v weights
+                     [1 - self.b2 ** t[i] for i in range(steps)],                  # bias correction of v
+                     [lr / (1 - self.b1 ** t[i]) for i in range(steps)])           # step size
+
+    @torch.no_grad()
+    def step_planned(self, theta: torch.Tensor, grad: torch.Tensor, j: int) -> None:
+        w_m, w_v, bc2, size = self.coef
+        self.m.lerp_(grad, w_m)                                                    # m <- b1 m + (1-b1) g
+        self.v.mul_(w_v).addcmul_(grad, grad, value=1 - self.b2)                   # inactive: grad is 0
+        # sqrt(v_hat) + eps, with sqrt taken of 1 where v is 0 (the zero-padded units: most of theta)
+        # and the 1 taken off again: the same numbers, and torch's CPU sqrt is several times slower on 0
+        v_hat = self.v / bc2[j]
+        zero = (v_hat == 0).to(v_hat.dtype)
+        theta.addcdiv_(self.m * size[j], v_hat.add_(zero).sqrt_().sub_(zero).add_(self.eps), value=-1)
+
     def step(self, theta: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
-        a = active.to(theta.dtype).unsqueeze(1)                                    # [M, 1]
-        self.t += a
-        self.m.lerp_(grad, (1 - self.b1) * a)                                      # m <- b1 m + (1-b1) g
-        self.v.mul_(1 - (1 - self.b2) * a).addcmul_(grad, grad, value=1 - self.b2)  # inactive: grad is 0
-        t = self.t.clamp(min=1)
-        denom = (self.v / (1 - self.b2 ** t)).sqrt_().add_(self.eps)
-        theta.addcdiv_(self.m * (a * self.lr / (1 - self.b1 ** t)), denom, value=-1)
+        self.plan(active, 1)
+        self.step_planned(theta, grad, 0)
 
 
 class ReplayBuffers:
@@ -486,16 +510,22 @@ class ReplayBuffers:
         self.key[:, i], self.next_key[:, i] = key, next_key
         self.ptr, self.size = (i + 1) % self.capacity, min(self.size + 1, self.capacity)
 
-    def sample(self, batch: int, gen: torch.Generator, with_obs: bool = True) -> dict:
-        """Uniform, with replacement, independently per member: {field: [M, batch, ...]}.
-        with_obs=False skips the observations (a state table is used instead)."""
-        idx = torch.randint(0, self.size, (self.obs.shape[0], batch), generator=gen, device=self.obs.device)
+    def sample(self, batch: int, gen: torch.Generator, with_obs: bool = True, steps: int = 1) -> dict:
+        """Uniform, with replacement, independently per member: {field: [M, steps * batch, ...]}.
+        steps > 1 draws `steps` minibatches at once, the same numbers as `steps` successive calls
+        (minibatch j is columns j*batch:(j+1)*batch); with_obs=False skips the observations (a state
+        table is used instead)."""
+        M, cap, device = self.obs.shape[0], self.obs.shape[1], self.obs.device
+        idx = torch.randint(0, self.size, (steps, M, batch), generator=gen, device=device)
+        # rows of the [M * capacity, ...] view: index_select copies the same values as a gather along
+        # dim 1, several times faster on the CPU
+        rows = (idx.transpose(0, 1) + torch.arange(0, M * cap, cap, device=device).view(M, 1, 1)).reshape(-1)
         out = {}
         for name in self.FIELDS:
             if not with_obs and name in ("obs", "next_obs"):
                 continue
             x = getattr(self, name)
-            out[name] = torch.gather(x, 1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:]))
+            out[name] = x.view(M * cap, *x.shape[2:]).index_select(0, rows).view(M, steps * batch, *x.shape[2:])
         return out
 
 
@@ -512,9 +542,25 @@ def target_values(target: torch.Tensor, layout, x: torch.Tensor) -> torch.Tensor
         return q_values(target, layout, x).amax(-1)
 
 
+def td_prepare(batch: dict, discount: float, v_next_table: torch.Tensor, n_actions: int, active: torch.Tensor,
+               steps: int = 1) -> list:
+    """The part of td_loss_and_grad's table path that does not depend on theta, for `steps`
+    minibatches side by side (ReplayBuffers.sample(steps=...), fields [M, steps * B]): one batch
+    dict per minibatch, each with y = r + discount * v_next_table[next_key] * (1 - done),
+    flat = key * A + action [M, B] and g_scale = (2 / B) * active [M, 1] (for the unweighted loss:
+    err * g_scale rounds as (2 / B) * err * active does). flat is made contiguous: scatter_add_
+    sums in the order its index is laid out, so a strided index would change the gradient's rounding."""
+    M, B = batch["action"].shape[0], batch["action"].shape[1] // steps
+    y = batch["reward"] + discount * v_next_table.gather(1, batch["next_key"]) * (1 - batch["done"])
+    flat = (batch["key"] * n_actions + batch["action"]).view(M, steps, B).transpose(0, 1).contiguous()
+    both, g_scale = {**batch, "y": y}, (2.0 / B) * active.unsqueeze(1).to(y.dtype)
+    return [{**{k: v[:, j * B:(j + 1) * B] for k, v in both.items()}, "flat": flat[j], "g_scale": g_scale}
+            for j in range(steps)]
+
+
 def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active: torch.Tensor,
                      weight_fn=None, table: Optional[torch.Tensor] = None,
-                     v_next_table: Optional[torch.Tensor] = None):
+                     v_next_table: Optional[torch.Tensor] = None, params: Optional[dict] = None):
     """Per-member (weighted) mean squared TD error and its gradient w.r.t. theta.
 
     batch: ReplayBuffers.sample(); weight_fn(q_rows [M,B,A]) -> per-sample weights w [M,B], or None
@@ -524,9 +570,12 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
     table [M,S,d]: every distinct state (corridor cells). Q is then evaluated once per state and
     gathered by key: the same loss and gradient, with S instead of B rows per member.
     v_next_table [M,S]: target_values(target, layout, table), passed in by a caller that keeps it
-    between target copies (it depends on the target only); computed here when None.
+    between target copies (it depends on the target only); computed here when None.  With a table,
+    batch may already hold y and flat (td_prepare).  params: unflatten(theta, layout), passed in by
+    a caller that keeps the views (theta is updated in place).
     """
     M, B = batch["action"].shape
+    A = layout[-1][1][0]
     if table is None:                                   # every sample is its own row
         x, x_next = batch["obs"], batch["next_obs"]
         key = next_key = torch.arange(B, device=theta.device).expand(M, B)
@@ -534,26 +583,34 @@ def td_loss_and_grad(theta, target, layout, batch: dict, discount: float, active
         x = x_next = table
         key, next_key = batch["key"], batch["next_key"]
     with torch.no_grad():
-        v_next = target_values(target, layout, x_next) if v_next_table is None else v_next_table  # [M, S]
-        y = batch["reward"] + discount * v_next.gather(1, next_key) * (1 - batch["done"])
-        p = unflatten(theta, layout)
+        if "y" in batch:
+            y, flat = batch["y"], batch["flat"]
+        else:
+            v_next = target_values(target, layout, x_next) if v_next_table is None else v_next_table  # [M, S]
+            y = batch["reward"] + discount * v_next.gather(1, next_key) * (1 - batch["done"])
+            flat = key * A + batch["action"]                                            # [M, B] into S*A
+        p = unflatten(theta, layout) if params is None else params
         q_tab, cache = mlp_forward(p, x)                                                # [M, S, A]
-        A = q_tab.shape[-1]
-        flat = key * A + batch["action"]                                                # [M, B] into S*A
         err = q_tab.flatten(1).gather(1, flat) - y
-        w = torch.ones_like(err) if weight_fn is None else weight_fn(
-            q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A)))                       # of Q(s_b, .) [M, B, A]
-        g_sa = (2.0 / B) * w * err * active.unsqueeze(1).to(err.dtype)                 # dL_m/dQ(s_b, a_b)
-        g_q = torch.zeros_like(q_tab).flatten(1).scatter_add_(1, flat, g_sa).view_as(q_tab)
+        if weight_fn is None and "g_scale" in batch:
+            g_sa = err * batch["g_scale"]                                               # dL_m/dQ(s_b, a_b)
+        else:
+            coef = 2.0 / B if weight_fn is None else (2.0 / B) * weight_fn(
+                q_tab.gather(1, key.unsqueeze(-1).expand(-1, -1, A)))                   # of Q(s_b, .) [M, B, A]
+            g_sa = coef * err * active.unsqueeze(1).to(err.dtype)                      # dL_m/dQ(s_b, a_b)
+        g_q = q_tab.new_zeros(M, q_tab.shape[1] * A).scatter_add_(1, flat, g_sa).view_as(q_tab)
         return mlp_backward(p, cache, g_q)
 # <<< copied: dqn-batched
 
 
 # >>> copied: dqn-loop
-def act(theta: torch.Tensor, layout, obs: torch.Tensor, eps: torch.Tensor, gen: torch.Generator):
-    """Q of every member at its current observation, [M, A] (no gradient), and its epsilon-greedy action [M]."""
+def act(theta: torch.Tensor, layout, obs: torch.Tensor, eps: torch.Tensor, gen: torch.Generator,
+        params: Optional[dict] = None):
+    """Q of every member at its current observation, [M, A] (no gradient), and its epsilon-greedy
+    action [M]; params: unflatten(theta, layout) where the caller keeps it."""
     with torch.no_grad():
-        q = q_values(theta, layout, obs.unsqueeze(1)).squeeze(1)
+        p = unflatten(theta, layout) if params is None else params
+        q = mlp_forward(p, obs.unsqueeze(1))[0].squeeze(1)
     return q, epsilon_greedy(q, eps, gen)
 
 

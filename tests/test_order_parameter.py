@@ -143,6 +143,44 @@ def test_replay_is_fifo_and_samples_each_members_own_rows():
     assert torch.equal(s["reward"], s["obs"][..., 0]) and s["done"][1].eq(1).all() and s["action"][1].eq(1).all()
 
 
+def test_one_tick_batched_pieces_give_the_one_by_one_numbers_exactly():
+    """The training loop draws a tick's grad_steps minibatches at once (ReplayBuffers.sample(steps=)),
+    prepares their TD targets together (td_prepare) and plans Adam's coefficients per tick
+    (BatchedAdam.plan): every piece must give bit for bit the numbers of doing it step by step."""
+    M, S, steps, B = 4, 6, 3, 16
+    gen, layout, theta = _setup(hidden=(3, 5, 8, 8), d=1)
+    buf = op.ReplayBuffers(M, 50, 1, torch.device("cpu"))
+    for t in range(40):
+        k = torch.randint(0, S, (M,), generator=gen)
+        buf.add(k[:, None].float(), torch.randint(0, 2, (M,), generator=gen), torch.randn(M, generator=gen),
+                k[:, None].float(), torch.rand(M, generator=gen) < 0.2, k, torch.randint(0, S, (M,), generator=gen))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    one = [buf.sample(B, g1, with_obs=False) for _ in range(steps)]
+    together = buf.sample(B, g2, with_obs=False, steps=steps)
+    for j in range(steps):
+        for name, x in one[j].items():
+            assert torch.equal(x, together[name][:, j * B:(j + 1) * B]), name
+    table = torch.linspace(0, 1, S).view(1, S, 1).expand(M, S, 1)
+    target = theta + 0.05 * torch.randn(theta.shape, generator=gen) * (theta != 0)
+    v_tab = op.target_values(target, layout, table)
+    active = torch.tensor([True, True, False, True])
+    prepared = op.td_prepare(together, 0.9, v_tab, 2, active, steps)
+    th_a, th_b = theta.clone(), theta.clone()
+    adam_a, adam_b = op.BatchedAdam(th_a, 0.01), op.BatchedAdam(th_b, 0.01)
+    for tick in range(2):
+        adam_b.plan(active, steps)
+        p_b = op.unflatten(th_b, layout)
+        for j in range(steps):
+            ga = op.td_loss_and_grad(th_a, target, layout, one[j], 0.9, active, table=table, v_next_table=v_tab)
+            gb = op.td_loss_and_grad(th_b, target, layout, prepared[j], 0.9, active, table=table,
+                                     v_next_table=v_tab, params=p_b)
+            assert torch.equal(ga, gb) and ga.abs().sum() > 0 and ga[2].abs().sum() == 0
+            adam_a.step(th_a, ga, active)
+            adam_b.step_planned(th_b, gb, j)
+            assert torch.equal(th_a, th_b)
+    assert torch.equal(adam_a.t, adam_b.t) and not torch.equal(th_a, theta)
+
+
 def test_keep_rows_drops_members_everywhere():
     env = op.Corridor(torch.tensor([4, 5, 6]), 10)
     env.step(torch.tensor([1, 1, 0]))
