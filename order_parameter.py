@@ -875,7 +875,7 @@ class RunLog:
 
     def __init__(self, args, run_name: str, run_dir: str, x_axis: str):
         self.run_name, self.run_dir, self.x_axis = run_name, run_dir, x_axis
-        self.last_x, self.rows = None, 0
+        self.last_x, self.rows, self.held = None, 0, []
         write_json(os.path.join(run_dir, "config.json"), {"args": vars(args), "argv": sys.argv, "x_axis": x_axis})
         self.metrics = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         self.wandb = init_wandb(args, run_name, run_dir, x_axis) if args.track else None
@@ -884,15 +884,25 @@ class RunLog:
         row = to_json_safe({self.x_axis: x, **row})
         line = json.dumps(row, allow_nan=False) + "\n"
         # a row and its count go together: SIGINT/SIGTERM are held back until both are done, so an
-        # interrupted run's summary counts exactly the rows in metrics.jsonl
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        # interrupted run's summary counts exactly the rows in metrics.jsonl. Masking the signals is
+        # not enough: another thread (torch's) may take a process-directed signal, and Python runs
+        # the handler in the main thread at once; so the handlers only record it meanwhile, and a
+        # recorded signal is raised again once the real handlers are back
+        self.held = []
+        saved = {s: signal.signal(s, self._hold) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.metrics.write(line)
             self.last_x, self.rows = x, self.rows + 1
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+        if self.held:
+            signal.raise_signal(self.held[0])
         if self.wandb is not None:
             self.wandb.log(row)
+
+    def _hold(self, signum, frame) -> None:
+        self.held.append(signum)
 
     def summary(self, summary: dict) -> None:
         write_json(os.path.join(self.run_dir, "summary.json"), summary)
