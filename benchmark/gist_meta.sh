@@ -22,10 +22,10 @@ SMALL="--a-steps 200 --b-steps 60 --c-steps 60 --c-eval-episodes 6"
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 {
   for seed in $SEEDS; do
-    echo "--exp-name main --seed $seed $SMALL"
+    echo "--exp-name main --seed $seed --first-order False $SMALL"
   done
   for seed in 1 2; do
-    echo "--exp-name c_similar --stage c --val-select similar --seed $seed $SMALL"
+    echo "--exp-name c_similar --stage c --val-select similar --first-order False --seed $seed $SMALL"
     echo "--exp-name c_first_order --stage c --first-order True --seed $seed $SMALL"
   done
   for k in 1 16; do

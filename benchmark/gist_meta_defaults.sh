@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 out=benchmark/out/gist_meta_defaults
 mkdir -p "$out" && cd "$out"
-HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 /usr/bin/time -v python "$repo/gist_meta.py" --exp-name defaults --seed 1 2>&1 | tail -40
+HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 /usr/bin/time -v python "$repo/gist_meta.py" --exp-name defaults --seed 1 --first-order False 2>&1 | tail -40

@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 MODEL="--n-embd 64 --n-layer 2 --n-head 4 --n-kv-head 2 --corpus repeat --a-steps 300 --synth-chars 300000"
 run() { (cd "$out" && nice -n 10 python ../../../gist_meta.py $MODEL "$@" > "log_$(echo "$@" | tr ' ' '_').txt" 2>&1); }
 {
-  for s in 1 2 3; do run --exp-name main --seed $s --stage all --b-steps 40 --c-steps 20 --c-eval-episodes 4 --c-online-steps 40; done
+  for s in 1 2 3; do run --exp-name main --seed $s --stage all --first-order False --b-steps 40 --c-steps 20 --c-eval-episodes 4 --c-online-steps 40; done
 } &
 {
   for cfg in "8 1" "4 4"; do set -- $cfg

@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
 for s in 1 2 3; do
   ls "$out"/runs/online200__${s}__*/summary.json > /dev/null 2>&1 && continue
   (cd "$out" && nice -n 10 python ../../../gist_meta.py --n-embd 64 --n-layer 2 --n-head 4 --n-kv-head 2 \
-     --corpus repeat --a-steps 300 --a-modes gist --seed $s --stage all --b-steps 40 --c-steps 20 \
+     --corpus repeat --a-steps 300 --a-modes gist --seed $s --stage all --first-order False --b-steps 40 --c-steps 20 \
      --c-eval-episodes 4 --c-online-steps 200 --exp-name online200 > log_s$s.txt 2>&1)
 done
 python - "$out" <<'PY'
