@@ -6,7 +6,7 @@
 # letters and kv (STEPS_LETTERS, STEPS_KV), seeds 1-3, masks gist/full/none all trained
 # at each k in {4, 1}.
 # One run at a time (a shared 2-core VM); a run whose summary.json exists is skipped.
-#   bash benchmark/gist_meta_issue13_controls.sh; python benchmark/gist_meta_issue13_controls_tables.py
+#   bash benchmark/gist_meta_issue13_controls.sh; python benchmark/gist_meta_issue13_tables.py controls
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=benchmark/out/gist_meta_issue13_controls

@@ -15,21 +15,4 @@ for s in 1 2 3; do
      --corpus repeat --a-steps 300 --a-modes gist --seed $s --stage all --first-order False --b-steps 40 --c-steps 20 \
      --c-eval-episodes 4 --c-online-steps 200 --exp-name online200 > log_s$s.txt 2>&1)
 done
-python - "$out" <<'PY'
-import glob, json, math, sys
-import numpy as np
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
-runs = [json.load(open(f)) for f in sorted(glob.glob(f"{sys.argv[1]}/runs/online200__*/summary.json"))]
-runs = [r for r in runs if r.get("status") == "ok"]
-n = len(runs)
-def ci(x):
-    x = np.asarray(x, float)
-    return f"{x.mean():.3f} ± {T95.get(len(x), 2.0) * x.std(ddof=1) / math.sqrt(len(x)):.3f}" if len(x) > 1 else f"{x.mean():.3f}"
-print(f"| rule | CE over the stream (N = 200, {n} seeds) | last quarter | gain vs none (+ = better) |")
-print("|---|---|---|---|")
-for rule in ("gist_meta", "gist_fixed", "stage_b", "ce", "none"):
-    ce = [r[f"c_online_ce_{rule}"] for r in runs]
-    last = [r[f"c_online_ce_last_{rule}"] for r in runs]
-    gain = [r["c_online_ce_none"] - r[f"c_online_ce_{rule}"] for r in runs]
-    print(f"| {rule} | {ci(ce)} | {ci(last)} | {ci(gain)} (per seed {', '.join(f'{g:+.3f}' for g in gain)}) |")
-PY
+python benchmark/gist_meta_issue13_tables.py online200
