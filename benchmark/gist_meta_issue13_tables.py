@@ -3,7 +3,8 @@
     python benchmark/gist_meta_issue13_tables.py            # benchmark/gist_meta_issue13.sh; retention only
                                                             # over runs whose gap CE_none - CE_full >= 0.5 nats
     python benchmark/gist_meta_issue13_tables.py controls   # benchmark/gist_meta_issue13_controls.sh
-    python benchmark/gist_meta_issue13_tables.py online200  # benchmark/gist_meta_online200.sh"""
+    python benchmark/gist_meta_issue13_tables.py online200  # benchmark/gist_meta_online200.sh
+    python benchmark/gist_meta_issue13_tables.py curve      # benchmark/gist_meta_issue13_curve.sh"""
 import glob
 import json
 import math
@@ -112,10 +113,29 @@ def online200_table(runs) -> None:
               f"| {ci(gain)} (per seed {', '.join(f'{g:+.3f}' for g in gain)}) |")
 
 
+def curve_table(runs) -> None:
+    """Retention curve on --corpus repeat, one table per stage-A step count: per (P, k), sorted by P
+    then k, scored CE of full, gist and none, the positive-control gap none - full and retention
+    R = (none - gist) / (none - full); n = seeds."""
+    def key(name):                                 # curve_P<P>_k<k>_n<steps>
+        _, P, k, n = name.split("_")
+        return int(n[1:]), int(P[1:]), int(k[1:])
+
+    for steps in sorted({key(n)[0] for n in runs}):
+        print(f"## Stage A on --corpus repeat, {steps} steps per model")
+        print("| P | k | n | CE full | CE gist | CE none | gap none − full | retention |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in sorted((n for n in runs if key(n)[0] == steps), key=key):
+            _, P, k = key(name)
+            rs = runs[name]
+            print(f"| {P} | {k} | {len(rs)} | " + " | ".join(ci([s.get(c) for s in rs]) for c in (
+                "a_ce_full", "a_ce_gist", "a_ce_none", "a_gap_none_full", "a_retention")) + " |")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "issue13"
     folders = {"issue13": ("gist_meta_issue13", issue13_tables), "controls": ("gist_meta_issue13_controls", controls_table),
-               "online200": ("gist_meta_online200", online200_table)}
+               "online200": ("gist_meta_online200", online200_table), "curve": ("gist_meta_issue13_curve", curve_table)}
     if which not in folders:
         sys.exit(f"usage: python benchmark/gist_meta_issue13_tables.py [{' | '.join(folders)}]")
     folder, table = folders[which]
