@@ -756,8 +756,11 @@ def stage_a_losses(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gi
 # ==================================================================================================
 # Model calls (functional: params None uses the module's own weights)
 # ==================================================================================================
-def forward(model, params: Optional[dict], hidden: bool = False, logits_to_keep: int = 0, **inputs):
-    kwargs = dict(use_cache=False, output_hidden_states=hidden, logits_to_keep=logits_to_keep, **inputs)
+def forward(model, params: Optional[dict], hidden: bool = False, logits_to_keep: int = 0, cache=None, **inputs):
+    """One model call; cache: a transformers DynamicCache that the call reads as the past and extends."""
+    kwargs = dict(use_cache=cache is not None, output_hidden_states=hidden, logits_to_keep=logits_to_keep, **inputs)
+    if cache is not None:
+        kwargs["past_key_values"] = cache
     if params is None:
         return model(**kwargs)
     return functional_call(model, params, (), kwargs)
@@ -787,6 +790,42 @@ def gist_codes(model, params: Optional[dict], span: torch.Tensor, gist_vecs: tor
     B, k = span.shape[0], gist_vecs.shape[0]
     x = torch.cat([span, gist_vecs.unsqueeze(0).expand(B, k, -1)], dim=1)
     return forward(model, params, hidden=True, logits_to_keep=1, inputs_embeds=x).hidden_states[-1][:, -k:]
+
+
+@torch.no_grad()
+def span_cache(model, params: Optional[dict], span: torch.Tensor):
+    """The keys and values of every layer over a span of embeddings (B, S, d), without a graph: the
+    past that gist_codes_cached reads. One model pass over S positions."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    forward(model, params, logits_to_keep=1, cache=cache, inputs_embeds=span)
+    return cache
+
+
+def gist_codes_cached(model, params: Optional[dict], cache, gist_vecs: torch.Tensor) -> torch.Tensor:
+    """gist_codes(span, gist_vecs) with the span given as its cache (span_cache): only the k gist
+    positions are computed (positions S..S+k-1, causal over the span and the earlier gists), so the
+    graph, and any backward, covers k positions and reaches gist_vecs (and params), never the span.
+    Exact where nothing upstream of the span needs a gradient (the stop-gradient truth side, or a
+    theta held constant). The cache is extended by the call (use it once)."""
+    B, k = cache.layers[0].keys.shape[0], gist_vecs.shape[0]
+    x = gist_vecs.unsqueeze(0).expand(B, k, -1)
+    return forward(model, params, hidden=True, logits_to_keep=1, cache=cache, inputs_embeds=x).hidden_states[-1]
+
+
+def gist_codes_and_cache(model, params: Optional[dict], span: torch.Tensor, gist_vecs: torch.Tensor):
+    """(gist_codes(span, gist_vecs), the span's cache detached): the same codes and gradients in two
+    calls, the span (keys and values kept, with their graph) then the k gists on it; the detached copy
+    of the span's keys and values lets a stop-gradient pass continue the span without recomputing it."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    forward(model, params, logits_to_keep=1, cache=cache, inputs_embeds=span)
+    detached = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        detached.update(layer.keys.detach(), layer.values.detach(), i)
+    return gist_codes_cached(model, params, cache, gist_vecs), detached
 
 
 def joint_gist_layout(span_len: int, num_gist: int, device=None, dtype: torch.dtype = torch.float32):
@@ -919,33 +958,39 @@ def gist_loss(model, params: Optional[dict], phi: dict, ids: torch.Tensor, gist_
     stop-gradient.
     Passes: the LM over the chunk, then the codes. Without the stop-gradient both codes come from ONE
     pass over [s^ | G | s | G'] (gist_codes_joint; both sides are differentiated, and the joint pass
-    is shorter than the two). With it, z_own and z_both are two passes, the second on theta detached:
-    one pass with shared weights cannot keep z_both a function of phi but not of theta, and it would
-    run theta's backward over all 2L + 2k positions where z_own needs L + k (measured slower)."""
+    is shorter than the two). With it, z_own is s^ then G on s^'s cache (gist_codes_and_cache), and
+    z_both continues a detached copy of that cache with s, without a graph, then puts G' on top, the
+    only part of z_both that depends on phi: z_both costs L + k positions, not 2L + k, and its
+    backward k. Where params carry no gradient (theta constant, as in the first-order shifted pass),
+    s^ depends on nothing differentiated, so only G's k positions carry a graph (to phi)."""
     emb = input_embeddings(model, params)
-    logits = forward(model, params, input_ids=ids[:, :-1]).logits
-    pred = soft_embeddings(logits, emb, gist_id, temperature)
+    weights = dict(model.named_parameters()) if params is None else params
+    theta_grad = torch.is_grad_enabled() and any(p.requires_grad for p in weights.values())
+    phi_grad = torch.is_grad_enabled() and any(p.requires_grad for p in phi.values())
+    with torch.set_grad_enabled(theta_grad):
+        pred = soft_embeddings(forward(model, params, input_ids=ids[:, :-1]).logits, emb, gist_id, temperature)
     z_both = None
-    if target_codes is not None:
-        z_own = gist_codes(model, params, pred, phi["gist"])
-        z_target = target_codes
-    elif not stopgrad_target:
+    if not stopgrad_target and target_codes is None:
         z_own, z_target = gist_codes_joint(model, params, pred, emb[ids[:, 1:]], phi["gist"])
     else:
-        z_own = gist_codes(model, params, pred, phi["gist"])
-        src = target_params if target_params is not None else (dict(model.named_parameters()) if params is None
-                                                                else params)
-        frozen = {n: p.detach() for n, p in src.items()}
-        emb_sg = input_embeddings(model, frozen)
-        if target_params is None:
-            pred_sg = pred.detach()
-        else:                                    # the truth side's own prediction, from its weights
-            with torch.no_grad():
-                pred_sg = soft_embeddings(forward(model, frozen, input_ids=ids[:, :-1]).logits, emb_sg, gist_id,
-                                          temperature)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in phi.values())):
-            z_both = z_target = gist_codes(model, frozen, torch.cat([pred_sg, emb_sg[ids[:, 1:]]], dim=1),
-                                           phi["gist"])
+        with torch.set_grad_enabled(theta_grad or phi_grad):       # (no graph at all where neither)
+            z_own, cache = gist_codes_and_cache(model, params, pred, phi["gist"])
+        if target_codes is not None:
+            z_target = target_codes
+        else:
+            src = target_params if target_params is not None else weights
+            frozen = {n: p.detach() for n, p in src.items()}
+            emb_sg = input_embeddings(model, frozen)
+            if target_params is None:            # s^'s keys and values (detached) extended by s: [s^ ; s]
+                with torch.no_grad():
+                    forward(model, frozen, logits_to_keep=1, cache=cache, inputs_embeds=emb_sg[ids[:, 1:]])
+            else:                                # the truth side's own prediction, from its weights
+                with torch.no_grad():
+                    pred_sg = soft_embeddings(forward(model, frozen, input_ids=ids[:, :-1]).logits, emb_sg, gist_id,
+                                              temperature)
+                cache = span_cache(model, frozen, torch.cat([pred_sg, emb_sg[ids[:, 1:]]], dim=1))
+            with torch.set_grad_enabled(phi_grad):
+                z_both = z_target = gist_codes_cached(model, frozen, cache, phi["gist"])
     if "proj" in phi:
         z_own, z_target = z_own @ phi["proj"].T, z_target @ phi["proj"].T
     loss = cosine_distance(z_own, z_target)
@@ -963,10 +1008,12 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
     with grads: name -> gradient of the outer loss for every phi entry (and theta's with meta_theta).
         second order:  theta' = theta - alpha grad L(theta, phi) kept in the graph; autograd.grad.
         first order:   v = grad CE(theta'), theta' detached; phi-grad by the forward difference
-                       -alpha grad_phi (L(theta + eps v) - L(theta)) / eps, eps = fd_eps/|v|, one
-                       backward, with the stop-gradient truth side z_both(theta, phi) of the first
-                       pass reused; theta-grad = v (first-order MAML). Model passes: LM + 2 gist
-                       passes at theta, CE at theta', LM + 1 gist pass at theta + eps v.
+                       -alpha grad_phi (L(theta + eps v) - L(theta)) / eps, eps = fd_eps/|v|, the
+                       second term from the inner backward, with the stop-gradient truth side
+                       z_both(theta, phi) of the first pass reused; theta-grad = v (first-order
+                       MAML). Model passes: LM + 2 gist passes at theta (one backward), CE at theta'
+                       (forward + backward), LM + 1 gist pass at theta + eps v without a graph but
+                       at its k gist positions.
     return_fast: also return theta' (detached), the weights after the inner step."""
     names, tensors = list(theta), list(theta.values())
     phi_names, phi_tensors = list(phi), list(phi.values())
@@ -983,7 +1030,10 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
         grads = [torch.zeros_like(w) if gr is None else gr for w, gr in zip(wrt, grads)]
         out = inner.detach(), outer.detach(), dict(zip(phi_names + (names if meta_theta else []), grads))
         return out + ({n: f.detach() for n, f in fast.items()},) if return_fast else out
-    g = torch.autograd.grad(inner, tensors, allow_unused=True, retain_graph=True)
+    # one backward gives theta's inner gradient and grad_phi L(theta) (the second term of the forward
+    # difference below); the graph is kept because z_both's (k positions) is used again
+    g_all = torch.autograd.grad(inner, tensors + phi_tensors, allow_unused=True, retain_graph=True)
+    g, g0_phi = g_all[:len(tensors)], g_all[len(tensors):]
     fast = {n: (p - inner_lr * (0 if gi is None else gi)).detach().requires_grad_()
             for n, p, gi in zip(names, tensors, g)}
     outer = lm_ce(model, fast, x_val)
@@ -991,13 +1041,14 @@ def meta_gradients(model, theta: dict, phi: dict, x_train: torch.Tensor, x_val: 
     eps = fd_eps / torch.sqrt(sum((vi * vi).sum() for vi in v)).clamp_min(1e-12)
     shifted = {n: p.detach() + eps * vi for n, p, vi in zip(names, tensors, v)}
     # the truth side of a stop-gradient loss keeps theta: v . grad_theta L moves the prediction side only,
-    # so its codes z_both(theta, phi) are those of the first pass (reused, with their graph to phi); one
-    # backward of L(theta + eps v) - L(theta) gives the difference of the two phi-gradients
+    # so its codes z_both(theta, phi) are those of the first pass (reused, with their graph to phi). theta +
+    # eps v is a constant, so L(theta + eps v) carries a graph over the gist positions only (gist_loss)
     shifted_loss = loss_fn(model, shifted, phi, x_train) if z_both is None else \
         loss_fn(model, shifted, phi, x_train, target_codes=z_both)
-    g_diff = torch.autograd.grad(shifted_loss - inner, phi_tensors, allow_unused=True)
-    grads = {n: -inner_lr * (torch.zeros_like(w) if d is None else d) / eps
-             for n, w, d in zip(phi_names, phi_tensors, g_diff)}
+    g1_phi = torch.autograd.grad(shifted_loss, phi_tensors, allow_unused=True)
+    zero = lambda gr, w: torch.zeros_like(w) if gr is None else gr
+    grads = {n: -inner_lr * (zero(a, w) - zero(b, w)) / eps
+             for n, w, a, b in zip(phi_names, phi_tensors, g1_phi, g0_phi)}
     if meta_theta:
         grads.update(zip(names, v))
     out = inner.detach(), outer.detach(), grads

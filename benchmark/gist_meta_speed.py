@@ -23,10 +23,13 @@ import gist_meta as G  # noqa: E402
 parser = argparse.ArgumentParser()
 parser.add_argument("--reps", type=int, default=9)
 parser.add_argument("--small", action="store_true")
+parser.add_argument("--meta-batch-size", type=int, default=None, help="chunks per meta batch (default: the script's)")
+parser.add_argument("--c-chunk-len", type=int, default=None, help="tokens per chunk (default: the script's)")
 cli = parser.parse_args()
 torch.set_num_threads(1)
 size = dict(n_embd=64, n_layer=2, n_head=4, n_kv_head=2) if cli.small else {}
-args = G.finalize_args(G.Args(stage="all", **size))
+over = {k: v for k, v in (("meta_batch_size", cli.meta_batch_size), ("c_chunk_len", cli.c_chunk_len)) if v is not None}
+args = G.finalize_args(G.Args(stage="all", **size, **over))
 tok, train_ids, _, _ = G.load_data(args)
 model, info = G.load_model(args)
 theta = dict(model.named_parameters())

@@ -439,6 +439,35 @@ def test_first_order_reuses_the_truth_side_and_matches_the_two_gradient_formula(
     assert (-lr * (g1_all[0] - g0[0]) / eps - fo["gist"]).norm() > 1e-3 * fo["gist"].norm()
 
 
+def test_cached_gist_codes_equal_the_one_pass_codes():
+    """The gists on a cached span (span_cache + gist_codes_cached, and gist_codes_and_cache) give the
+    codes of the one pass [span | G], and the same gradients (theta through the span and the weights,
+    the gist vectors); the cache handed back is detached, and continuing it gives the codes of the
+    longer span."""
+    model = tiny_model(layers=3)
+    theta = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(8)
+    span = torch.randn(3, 6, 16, generator=gen, requires_grad=True)
+    more = torch.randn(3, 4, 16, generator=gen)
+    g = torch.randn(2, 16, generator=gen, requires_grad=True)
+    ref = G.gist_codes(model, theta, span, g)
+    z, cache = G.gist_codes_and_cache(model, theta, span, g)
+    assert torch.allclose(z, ref, atol=1e-6)
+    wrt = [span, g] + [p for n, p in theta.items() if "embed" not in n]      # (codes do not use E here)
+    w = torch.randn(ref.shape, generator=gen)
+    for a, b in zip(torch.autograd.grad((z * w).sum(), wrt), torch.autograd.grad((ref * w).sum(), wrt)):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert all(not (l.keys.requires_grad or l.values.requires_grad) for l in cache.layers)
+    with torch.no_grad():
+        G.forward(model, theta, logits_to_keep=1, cache=cache, inputs_embeds=more)
+    longer = G.gist_codes_cached(model, theta, cache, g)
+    assert torch.allclose(longer, G.gist_codes(model, theta, torch.cat([span, more], 1), g), atol=1e-6)
+    (dg,) = torch.autograd.grad(longer.sum(), [g])                # the cached span gives no graph but to G
+    assert dg.abs().sum() > 0
+    on_cache = G.gist_codes_cached(model, theta, G.span_cache(model, theta, span), g)
+    assert torch.allclose(on_cache, ref, atol=1e-6) and not on_cache.detach().equal(longer.detach())
+
+
 def test_joint_pass_equals_the_two_passes():
     """One pass over [s^ | G | s | G'] with position ids gives z_own and z_both of the two separate passes,
     values and gradients; gist_loss without the stop-gradient uses it."""
@@ -463,7 +492,9 @@ def test_joint_pass_equals_the_two_passes():
     assert torch.allclose(z_own, r_own, atol=1e-5) and torch.allclose(z_both, r_both, atol=1e-5)
     loss = G.gist_loss(model, theta, phi, ids, 23, stopgrad_target=False)
     ref = G.cosine_distance(r_own @ phi["proj"].T, r_both @ phi["proj"].T) * phi["log_scale"].exp()
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    # the loss is a 1 - cos near 0 (~1e-4): float32 rounding of cos (~1e-8) sets the tolerance, and it
+    # differs with the thread count
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-7)
     wrt = list(theta.values()) + [phi["gist"]]
     for a, b in zip(torch.autograd.grad(loss, wrt), torch.autograd.grad(ref, wrt)):
         assert torch.allclose(a, b, atol=1e-6)
