@@ -6,8 +6,11 @@ first-order meta step of stage C, the floor of any first-order step (L_gist fwd+
 theta's L_gist forward+backward (phi constant) in one joint pass [s^ | G | s | G'] against two
 separate passes, with and without the stop-gradient, and the gist-masked against the unmasked
 forward of a stage-A batch. Model: the defaults (1.0M parameters), one thread.
-Run:  OMP_NUM_THREADS=1 python benchmark/gist_meta_speed.py [--reps 9] [--small]   (--small: the
-0.14M model of the issue-13 experiments)"""
+Run:  OMP_NUM_THREADS=1 python benchmark/gist_meta_speed.py [--reps 9] [--small] [--meta-batch-size 32
+      --c-chunk-len 64] [--compare OTHER_gist_meta.py]   (--small: the 0.14M model of the issue-13
+      experiments; the batch flags: a larger meta batch, where FLOPs rather than per-call overhead set the
+      cost; --compare: e.g. `git show e6e03b8:gist_meta.py > /tmp/old.py`, the code before the cached truth
+      side, timed in the same rounds)"""
 import argparse
 import functools
 import os
@@ -25,6 +28,8 @@ parser.add_argument("--reps", type=int, default=9)
 parser.add_argument("--small", action="store_true")
 parser.add_argument("--meta-batch-size", type=int, default=None, help="chunks per meta batch (default: the script's)")
 parser.add_argument("--c-chunk-len", type=int, default=None, help="tokens per chunk (default: the script's)")
+parser.add_argument("--compare", default=None, help="another copy of gist_meta.py (e.g. an older commit's): its meta "
+                    "steps are timed in the same rounds, on the same model, phi and chunks")
 cli = parser.parse_args()
 torch.set_num_threads(1)
 size = dict(n_embd=64, n_layer=2, n_head=4, n_kv_head=2) if cli.small else {}
@@ -86,6 +91,16 @@ pieces = {
     "lgist_nosg_joint": lambda: torch.autograd.grad(nosg(model, theta, phi_const, chunks[0]), params),
     "lgist_nosg_two_pass": lambda: nosg_two_pass(chunks[0]),
 }
+if cli.compare:                                                   # the other copy's meta steps, same inputs
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gist_meta_other", cli.compare)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    o_loss = functools.partial(other.gist_loss, gist_id=args.gist_id, temperature=1.0, stopgrad_target=True)
+    pieces["other_second_order"] = lambda: other.meta_gradients(model, theta, phi, chunks[0], chunks[1], args.inner_lr,
+                                                                o_loss, False)
+    pieces["other_first_order"] = lambda: other.meta_gradients(model, theta, phi, chunks[0], chunks[1], args.inner_lr,
+                                                               o_loss, True)
 fwd = {
     "fwd_gist_mask": lambda: model(input_ids=ids, attention_mask=mask, use_cache=False),
     "fwd_unmasked": lambda: model(input_ids=ids, use_cache=False),
@@ -122,3 +137,7 @@ print(f"floor of any first-order step (L_gist fwd+bwd + CE fwd+bwd) / CE fwd+bwd
 print(f"L_gist fwd+bwd (theta), one joint pass / two passes: without the stop-gradient "
       f"{ratio('lgist_nosg_joint', 'lgist_nosg_two_pass'):.2f}, with it {ratio('lgist_sg_joint', 'lgist_sg_two_pass'):.2f}")
 print(f"gist-masked / unmasked forward {ratio('fwd_gist_mask', 'fwd_unmasked'):.2f}x (target <= 1.2)")
+if cli.compare:
+    print(f"{cli.compare}: second order {ratio('other_second_order', 'ce_fwd_bwd'):.2f}x, first order "
+          f"{ratio('other_first_order', 'ce_fwd_bwd'):.2f}x a CE fwd+bwd; this copy / that copy: second order "
+          f"{ratio('second_order', 'other_second_order'):.2f}, first order {ratio('first_order', 'other_first_order'):.2f}")
