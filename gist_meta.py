@@ -50,7 +50,9 @@ C. In-situ second-order learning of the gist (plan 3). Gist parameters phi = {k 
    (the gist of the model's own output against the gist of its own output followed by the truth;
    bounded in [0, 2 e^s], so it cannot drift negative like the seed's scalar learned loss). With
    --c-stopgrad-target True (default) z_both is computed from theta detached: theta can only move
-   its own code towards the truth's, not the truth's code; z_both still depends on phi.
+   its own code towards the truth's, not the truth's code; z_both still depends on phi. It is
+   computed by continuing a detached copy of z_own's cached s^ prefix with s (no graph) and putting
+   the k gists on top: L + k positions instead of 2L + k, and a backward over k.
        inner:  theta' = theta - alpha * grad_theta L_gist(theta, phi)     on a training chunk
        outer:  L_out  = CE(theta'; validation chunk)     dL_out/dphi (and dL_out/dtheta with
                --meta-theta True) through the inner step, torch.func.functional_call +
@@ -87,6 +89,8 @@ Outputs:  runs/{run_name}/config.json, metrics.jsonl (x-axis: step = optimizer/m
           run stops, every row kept), interrupted (SIGINT/SIGTERM) or failed (traceback.txt)
 Code:     finalize_args checks every argument and input file before a run folder exists; train
           runs stage_a, stage_b, stage_c, evaluate_stage_c and online_phase in that order
+Cost:     a meta step = 6.4-6.7x (second order) and 5.6-5.9x (first order) one CE forward+backward at
+          the defaults, one thread (benchmark/gist_meta_speed.py; docs/gist_meta.md, "Speed").
 Runtime:  before issue 13 the defaults took 9 min wall / 4.3 min CPU on one thread of a shared 2-core VM
           (benchmark/gist_meta_defaults.sh), without the neg mask and the online phase; not re-measured.
 Result:   docs/gist_meta.md, "Results" (issue-13 runs: 0.14M params, --corpus repeat, 3 seeds;
