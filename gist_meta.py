@@ -193,6 +193,8 @@ class Args:
     """AdamW learning rate of stage A (cosine decay to 10%)"""
     a_head_tokens: int = 4
     """also report the CE of the first this many scored continuation tokens (x_2.., where the context matters most)"""
+    a_min_gap: float = 0.5
+    """the positive-control gap CE_none - CE_full (nats/token) below which retention is not reported (None, with the raw ratio as a_retention_unchecked): the full model does not use the context, so nothing can be retained"""
     a_context_loss: bool = True
     """also train plain LM CE on the context tokens (keeps the gist model a causal LM for B and C)"""
     batch_size: int = 16
@@ -332,6 +334,8 @@ def check_args(args: Args) -> Args:
     for name in ("a_lr", "b_lr", "meta_lr", "inner_lr", "soft_temperature", "fd_eps", "max_grad_norm"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(args, name)}")
+    if not (math.isfinite(args.a_min_gap) and args.a_min_gap >= 0):
+        raise ValueError(f"--a-min-gap must be a finite number >= 0, got {args.a_min_gap}")
     for name in ("b_ema", "weight_decay"):
         if not 0.0 <= getattr(args, name) < 1.0:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(args, name)}")
@@ -742,6 +746,17 @@ def continuation_token_ce(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int,
     first = ctx_len + num_gist + 1
     tok = F.cross_entropy(logits[:, first - 1:-1].flatten(0, 1).float(), ids[:, first:].flatten(), reduction="none")
     return tok.view(ids.shape[0], -1)
+
+
+def retention(ce_gist: float, ce_full: float, ce_neg: float, min_gap: float):
+    """(R, R unchecked, the positive control passed) of one stage-A comparison, CE in nats/token:
+    R = (CE_neg - CE_gist) / (CE_neg - CE_full), the share of the context's value that passes the gists
+    (1: all of it, 0: none). R is None where the gap CE_neg - CE_full is below min_gap: then the full
+    model does not use the context, and R is a ratio of noise over a near-zero denominator."""
+    gap = ce_neg - ce_full
+    raw = (ce_neg - ce_gist) / gap if gap != 0 else None
+    ok = gap >= min_gap
+    return (raw if ok else None), raw, ok
 
 
 def stage_a_losses(logits: torch.Tensor, ids: torch.Tensor, ctx_len: int, num_gist: int,
@@ -1604,12 +1619,11 @@ def stage_a(args: Args, log: RunLog, model, train_ids: torch.Tensor, val_ids: to
     for neg in ("none", "neg"):                    # retention against our negative control and Mu et al.'s
         if {"gist", "full", neg} <= set(a_final):
             tag = "" if neg == "none" else "_neg"
-            gap = a_final[neg] - a_final["full"]
-            summary[f"a_retention{tag}"] = (a_final[neg] - a_final["gist"]) / gap if gap != 0 else None
-            summary[f"a_gap_{neg}_full"] = gap                                 # the positive-control gap
-            gap = a_head[neg] - a_head["full"]
-            summary[f"a_retention{tag}_head"] = (a_head[neg] - a_head["gist"]) / gap if gap != 0 else None
-            summary[f"a_gap_{neg}_full_head"] = gap
+            for part, ce in (("", a_final), ("_head", a_head)):
+                r, raw, ok = retention(ce["gist"], ce["full"], ce[neg], args.a_min_gap)
+                summary[f"a_retention{tag}{part}"], summary[f"a_retention{tag}{part}_unchecked"] = r, raw
+                summary[f"a_gap_{neg}_full{part}"] = ce[neg] - ce["full"]        # the positive-control gap
+                summary[f"a_control_ok{tag}{part}"] = ok
     # speed: gist-masked vs unmasked (plain causal) forward on the same batch
     with torch.no_grad():
         ids = gist_sequences(a_val[0], Lc, k, args.gist_id)
@@ -1621,8 +1635,14 @@ def stage_a(args: Args, log: RunLog, model, train_ids: torch.Tensor, val_ids: to
     if "a" in args.run_stages:
         print("[A] CE " + ", ".join(f"{m} {a_final[m]:.4f}" for m in a_final)
               + (f"; retention {summary['a_retention']:.3f} (first {args.a_head_tokens} tokens: "
-                 f"{summary['a_retention_head']:.3f})" if summary.get("a_retention_head") is not None else "")
+                 + ("-" if summary["a_retention_head"] is None else f"{summary['a_retention_head']:.3f}") + ")"
+                 if summary.get("a_retention") is not None else "")
               + f"; masked/unmasked forward {t_mask / t_plain:.2f}x", flush=True)
+        if summary.get("a_control_ok") is False:
+            print(f"[A] positive control FAILED: CE_none - CE_full = {summary['a_gap_none_full']:.3f} nats < --a-min-gap "
+                  f"{args.a_min_gap}, so retention is not reported (a_retention None; the raw ratio is "
+                  f"a_retention_unchecked). Train longer (--a-steps) or use a corpus where the context decides the "
+                  f"continuation (--corpus repeat, letters or kv).", flush=True)
     return gist_model, step
 
 

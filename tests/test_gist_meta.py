@@ -439,6 +439,16 @@ def test_first_order_reuses_the_truth_side_and_matches_the_two_gradient_formula(
     assert (-lr * (g1_all[0] - g0[0]) / eps - fo["gist"]).norm() > 1e-3 * fo["gist"].norm()
 
 
+def test_retention_is_reported_only_where_the_positive_control_passes():
+    # CE none 3.0, full 1.0 (gap 2), gist 1.5: the gists carry 75 % of what the context is worth
+    assert G.retention(1.5, 1.0, 3.0, 0.5) == (pytest.approx(0.75), pytest.approx(0.75), True)
+    assert G.retention(1.0, 1.0, 3.0, 0.5)[0] == 1.0 and G.retention(3.0, 1.0, 3.0, 0.5)[0] == 0.0
+    # gap 0.1 < 0.5: the full model barely uses the context; the ratio (here 2.0) is not reported
+    assert G.retention(2.8, 2.9, 3.0, 0.5) == (None, pytest.approx(2.0), False)
+    assert G.retention(2.8, 2.9, 3.0, 0.05)[2] is True                    # the threshold is the flag's
+    assert G.retention(3.0, 3.0, 3.0, 0.0) == (None, None, True)          # zero gap: no ratio at all
+
+
 def test_cached_gist_codes_equal_the_one_pass_codes():
     """The gists on a cached span (span_cache + gist_codes_cached, and gist_codes_and_cache) give the
     codes of the one pass [span | G], and the same gradients (theta through the span and the weights,
@@ -608,6 +618,7 @@ BAD_INPUTS = [
     (("--n-layer", "0"), "--n-layer must be positive, got 0"),
     (("--n-embd", "-32"), "--n-embd must be positive, got -32"),
     (("--weight-decay", "-1"), "--weight-decay must lie in [0, 1)"),
+    (("--a-min-gap", "-0.1"), "--a-min-gap must be a finite number >= 0, got -0.1"),
     (("--tokenizer", "not_a_tokenizer.json"), "--tokenizer 'not_a_tokenizer.json' could not be loaded"),
     (("--tokenizer", "empty.json"), "--tokenizer 'empty.json' could not be loaded"),
     (("--tokenizer", "empty_dir"), "--tokenizer 'empty_dir' could not be loaded"),
@@ -774,8 +785,8 @@ def test_all_stages_write_every_output(tmp_path):
     assert len({r["c/loss_scale"] for r in c_rows}) == len(c_rows)
     s = read_json(run_dir / "summary.json")
     assert s["status"] == "ok" and s["rows_logged"] == len(rows) and s["last_step"] == rows[-1]["step"]
-    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_ce_neg", "a_retention", "a_retention_neg",
-                "a_retention_head", "a_ce_head_none", "a_gap_none_full", "a_gap_neg_full", "a_fwd_masked_ratio",
+    for key in ("a_ce_gist", "a_ce_full", "a_ce_none", "a_ce_neg", "a_retention_unchecked",
+                "a_retention_neg_unchecked", "a_retention_head_unchecked", "a_control_ok", "a_ce_head_none", "a_gap_none_full", "a_gap_neg_full", "a_fwd_masked_ratio",
                 "b_val_ce_gist", "b_val_ce_ce", "b_val_ce_none", "b_pair_cos_pred_final", "b_eff_rank_true_final",
                 "b_grad_cos_ce_mean", "c_sec_per_meta_step", "c_meta_vs_plain", "c_loss_scale_final",
                 *(f"c_eval_gain_{r}" for r in G.EVAL_RULES), *(f"c_online_ce_{r}" for r in G.ONLINE_RULES)):
@@ -783,7 +794,10 @@ def test_all_stages_write_every_output(tmp_path):
     assert s["a_gap_none_full"] == pytest.approx(s["a_ce_none"] - s["a_ce_full"])
     assert s["c_online_gain_none"] == 0.0 and s["c_online_ce_gist_meta"] != s["c_online_ce_gist_fixed"]
     assert -1 <= s["b_grad_cos_ce_mean"] <= 1 and s["b_grad_cos_ce_mean"] != 0
-    assert s["a_retention"] == pytest.approx((s["a_ce_none"] - s["a_ce_gist"]) / (s["a_ce_none"] - s["a_ce_full"]))
+    raw = (s["a_ce_none"] - s["a_ce_gist"]) / (s["a_ce_none"] - s["a_ce_full"])
+    assert s["a_retention_unchecked"] == pytest.approx(raw)
+    assert s["a_control_ok"] == (s["a_gap_none_full"] >= 0.5)           # --a-min-gap 0.5 (default)
+    assert s["a_retention"] == (pytest.approx(raw) if s["a_control_ok"] else None)
     head = [r["a/val_head_ce"] for r in rows if "a/val_head_ce" in r]
     assert head and all(math.isfinite(h) for h in head)
     assert s["a_ce_gist"] < math.log(257) - 0.1                   # stage A learns from a uniform start
