@@ -188,7 +188,7 @@ class Args:
     a_modes: tuple[str, ...] = ("gist", "full", "none", "neg")
     """attention masks to train in stage A, one model each from the same init (gist is always trained when b or c runs): gist, full (positive control), none (our negative control: nothing from the gists on sees the context), neg (Mu et al.'s negative control: the gists see the context, nothing after them sees the gists or the context)"""
     a_steps: int = 300
-    """AdamW steps per stage-A model (the synthetic corpora's positive controls reach a 1-nat gap at about 1000 steps of the 0.14M model, not at 300; docs/gist_meta.md)"""
+    """AdamW steps per stage-A model (on the 0.14M model the positive control of --corpus repeat passes 1 nat at 300 steps, those of letters and kv at about 1000; docs/gist_meta.md)"""
     a_lr: float = 3e-3
     """AdamW learning rate of stage A (cosine decay to 10%)"""
     a_head_tokens: int = 4
