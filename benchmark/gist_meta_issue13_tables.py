@@ -125,8 +125,9 @@ def curve_table(runs) -> None:
 
     for steps in sorted({key(n)[0] for n in runs}):
         print(f"## Stage A on --corpus repeat, {steps} steps per model")
-        print("| P | k | n | CE full | CE gist | CE none | gap none − full | retention (runs with gap >= 1 nat) |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| P | k | n | CE full | CE gist | CE none | gap none − full | retention (runs with gap >= 1 nat) "
+              "| per seed: gap / R |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name in sorted((n for n in runs if key(n)[0] == steps), key=key):
             _, P, k = key(name)
             rs = runs[name]
@@ -134,7 +135,9 @@ def curve_table(runs) -> None:
             ret = f"{ci(passing)} ({len(passing)} of {len(rs)} runs pass)" if passing else \
                 f"undefined: positive control fails in all {len(rs)} runs"
             print(f"| {P} | {k} | {len(rs)} | " + " | ".join(ci([s.get(c) for s in rs]) for c in (
-                "a_ce_full", "a_ce_gist", "a_ce_none", "a_gap_none_full")) + f" | {ret} |")
+                "a_ce_full", "a_ce_gist", "a_ce_none", "a_gap_none_full")) + f" | {ret} | " + ", ".join(
+                f"{s['a_gap_none_full']:.2f} / " + (f"{s['a_retention_unchecked']:.2f}" if s['a_gap_none_full'] >= 1.0
+                                                    else "—") for s in rs) + " |")
 
 
 if __name__ == "__main__":
