@@ -95,8 +95,8 @@ Runtime:  the defaults (4 stage-A masks, B, C, a 100-step online stream; 1.0M pa
           6.9 min wall / 412 s CPU on one thread of the shared 2-core VM (another job on the other core).
           On this text the positive control fails (gap 0.08 nats) and the run says so.
 Result:   docs/gist_meta.md, "Results" (issue-13 runs: 0.14M params, synthetic corpora, 3 seeds). Retention
-          on --corpus repeat at 1000 steps: 0.99 with 4 gists for P = 4, about 0.1 for P = 8-16, 0.00 with
-          1 gist for P >= 8 (benchmark/gist_meta_issue13_curve.sh); one gist keeps 0.82 of a line's
+          on --corpus repeat at 1000 steps: 0.99 with 4 gists for P = 4, 0.21 for P = 8 (half the seeds at
+          zero), 0.00 with 1 gist for P >= 8 (benchmark/gist_meta_issue13_curve.sh); one gist keeps 0.82 of a line's
           alphabet (--corpus letters). The semantic loss raises CE; the meta-learned gist loss does not
           change the online stream's CE (true CE lowers it).
 """

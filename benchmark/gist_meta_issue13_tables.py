@@ -1,5 +1,5 @@
 """Tables of the issue-13 benchmarks, read from benchmark/out/<folder>/runs/*/summary.json: mean and
-95% t-interval over seeds (n = 3: t = 4.30).
+95% t-interval over seeds (n = 3: t = 4.30; n = 6: 2.57).
     python benchmark/gist_meta_issue13_tables.py            # benchmark/gist_meta_issue13.sh; retention only
                                                             # over runs whose gap CE_none - CE_full >= 0.5 nats
     python benchmark/gist_meta_issue13_tables.py controls   # benchmark/gist_meta_issue13_controls.sh
@@ -13,7 +13,7 @@ import os
 import sys
 from collections import defaultdict
 
-T95 = {2: 12.71, 3: 4.303, 4: 3.182, 5: 2.776}
+T95 = {2: 12.71, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}   # by n, df = n - 1
 
 
 def load_runs(folder: str) -> dict:
@@ -38,7 +38,7 @@ def ci(vals):
     if n == 1:
         return f"{m:.3f} (n=1)"
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (n - 1))
-    return f"{m:.3f} ± {T95.get(n, 2.0) * sd / math.sqrt(n):.3f}"
+    return f"{m:.3f} ± {T95[n] * sd / math.sqrt(n):.3f}"
 
 
 def issue13_tables(runs) -> None:
