@@ -191,8 +191,8 @@ class Args:
     """Lx: continuation tokens after the gists (x_2..x_Lx are scored; x_1 is input only)"""
     a_modes: tuple[str, ...] = ("gist", "full", "none", "neg")
     """attention masks to train in stage A, one model each from the same init (gist is always trained when b or c runs): gist, full (positive control), none (our negative control: nothing from the gists on sees the context), neg (Mu et al.'s negative control: the gists see the context, nothing after them sees the gists or the context)"""
-    a_steps: int = 300
-    """AdamW steps per stage-A model (on the 0.14M model the positive control of --corpus repeat passes 1 nat at 300 steps, those of letters and kv at about 1000; docs/gist_meta.md)"""
+    a_steps: Optional[int] = None
+    """AdamW steps per stage-A model; None = the corpus's default (A_STEPS: 300 on text and repeat, 1000 on letters and kv, whose positive controls need about 1000 steps to reach 1 nat; docs/gist_meta.md)"""
     a_lr: float = 3e-3
     """AdamW learning rate of stage A (cosine decay to 10%)"""
     a_head_tokens: int = 4
@@ -286,6 +286,10 @@ class Args:
 STAGES = ("a", "b", "c", "all")
 MASK_MODES = ("gist", "full", "none", "neg")
 CORPORA = ("text", "repeat", "letters", "kv")
+# stage-A steps per model where --a-steps is not given: the positive-control gap CE_none - CE_full of
+# letters and kv reaches 1 nat at about 1000 steps (0.74-0.76 nats at step 300 of the 1.0M model),
+# that of repeat at 300 (docs/gist_meta.md, "Positive control per corpus")
+A_STEPS = {"text": 300, "repeat": 300, "letters": 1000, "kv": 1000}
 ONLINE_RULES = ("gist_meta", "gist_fixed", "stage_b", "ce", "none")
 B_LOSSES = ("gist", "ce", "none")
 VAL_SELECT = ("next", "similar")
@@ -330,6 +334,8 @@ def check_args(args: Args) -> Args:
                          f"{args.synth_line_len} and {args.synth_chars}")
     if not 0 <= args.corpus_seed < 2**32:
         raise ValueError(f"--corpus-seed must lie in [0, 2**32), got {args.corpus_seed}")
+    if args.a_steps is None:
+        args.a_steps = A_STEPS[args.corpus]
     for name in ("a_steps", "b_steps", "c_steps", "batch_size", "meta_batch_size", "eval_every", "eval_batches",
                  "bank_size", "bank_refresh", "eval_inner_steps", "c_eval_episodes", "c_online_steps", "torch_threads",
                  "n_embd", "n_layer", "n_head", "n_kv_head"):

@@ -4,6 +4,7 @@
                                                             # over runs whose gap CE_none - CE_full >= 0.5 nats
     python benchmark/gist_meta_issue13_tables.py controls   # benchmark/gist_meta_issue13_controls.sh
     python benchmark/gist_meta_issue13_tables.py online200  # benchmark/gist_meta_online200.sh
+    python benchmark/gist_meta_issue13_tables.py defaults   # benchmark/gist_meta_default_controls.sh
     python benchmark/gist_meta_issue13_tables.py curve      # benchmark/gist_meta_issue13_curve.sh; retention only
                                                             # over runs whose gap CE_none - CE_full >= 1 nat"""
 import glob
@@ -140,10 +141,27 @@ def curve_table(runs) -> None:
                                                     else "—") for s in rs) + " |")
 
 
+def defaults_table(runs) -> None:
+    """Positive control of each synthetic corpus at the script's defaults (benchmark/gist_meta_default_controls.sh):
+    per corpus, the stage-A steps (from each run's config.json), CE of full, gist and none, the gap none - full
+    with each seed's value, and retention R (null where the script's gate refused it)."""
+    root = os.path.join(os.path.dirname(__file__), "out", "gist_meta_default_model", "runs")
+    print("| corpus | stage-A steps | n | CE full | CE gist | CE none | gap none − full | gap per seed | retention R | R per seed |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in sorted(runs):                      # dm_<corpus>
+        rs = runs[name]
+        steps = sorted({json.load(open(p))["args"]["a_steps"] for p in glob.glob(os.path.join(root, name + "__*", "config.json"))})
+        print(f"| {name[3:]} | {', '.join(map(str, steps))} | {len(rs)} | " + " | ".join(
+            ci([s.get(c) for s in rs]) for c in ("a_ce_full", "a_ce_gist", "a_ce_none", "a_gap_none_full"))
+            + " | " + ", ".join(f"{s['a_gap_none_full']:.2f}" for s in rs) + f" | {ci([s.get('a_retention') for s in rs])} | "
+            + ", ".join("—" if s.get("a_retention") is None else f"{s['a_retention']:.2f}" for s in rs) + " |")
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "issue13"
     folders = {"issue13": ("gist_meta_issue13", issue13_tables), "controls": ("gist_meta_issue13_controls", controls_table),
-               "online200": ("gist_meta_online200", online200_table), "curve": ("gist_meta_issue13_curve", curve_table)}
+               "online200": ("gist_meta_online200", online200_table), "curve": ("gist_meta_issue13_curve", curve_table),
+               "defaults": ("gist_meta_default_model", defaults_table)}
     if which not in folders:
         sys.exit(f"usage: python benchmark/gist_meta_issue13_tables.py [{' | '.join(folders)}]")
     folder, table = folders[which]

@@ -751,6 +751,13 @@ def test_positions_and_derived_fields():
         G.check_positions(85, 84)
 
 
+def test_stage_a_steps_default_per_corpus():
+    # letters and kv need ~1000 steps for their positive control to reach 1 nat; an explicit value wins
+    steps = {c: G.check_args(G.Args(corpus=c)).a_steps for c in G.CORPORA}
+    assert steps == {"text": 300, "repeat": 300, "letters": 1000, "kv": 1000}
+    assert G.check_args(G.Args(corpus="kv", a_steps=7)).a_steps == 7
+
+
 def test_finalize_args_reads_the_tokenizer_and_estimates_memory():
     args = G.finalize_args(G.Args())
     assert args.gist_id == 256 and args.n_vocab == 257
@@ -870,3 +877,28 @@ def test_non_finite_loss_stops_and_keeps_the_rows(where, tmp_path, monkeypatch, 
         assert [r["stage_step"] for r in a_rows] == [0, 3, 6] and [r["stage_step"] for r in c_rows] == [1, 2]
         assert c_rows[0]["c/outer_ce"] is not None and c_rows[1]["c/outer_ce"] is None
         assert "stage C, outer loss" in s["status"] and "a_ce_gist" in s
+
+
+def test_curve_table_reports_retention_only_over_passing_controls(capsys):
+    """benchmark/gist_meta_issue13_tables.py curve: retention averages only the runs whose gap none - full
+    reaches 1 nat, says how many passed, is undefined where none did, and uses the t quantile of n."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(G.__file__).parent / "benchmark"))
+    T = importlib.import_module("gist_meta_issue13_tables")
+
+    def run(seed, full, gist, none=3.0):
+        r, raw, _ = G.retention(gist, full, none, 0.5)
+        return {"seed": seed, "a_ce_full": full, "a_ce_gist": gist, "a_ce_none": none, "a_gap_none_full": none - full,
+                "a_retention": r, "a_retention_unchecked": raw}
+
+    runs = {"curve_P8_k4_n1000": [run(1, 1.0, 1.0), run(2, 1.0, 2.0), run(3, 2.5, 2.9)],   # gaps 2, 2, 0.5
+            "curve_P16_k4_n1000": [run(1, 3.0, 2.0), run(2, 2.9, 2.9)]}                  # no control passes
+    T.curve_table(runs)
+    rows = {" | ".join(line.split(" | ")[:2]): line for line in capsys.readouterr().out.splitlines() if line[2:3].isdigit()}
+    assert "0.750 ± 3.178 (2 of 3 runs pass)" in rows["| 8 | 4"]            # mean of 1.0 and 0.5; t(1) = 12.71
+    assert "2.00 / 1.00, 2.00 / 0.50, 0.50 / —" in rows["| 8 | 4"]
+    assert "undefined: positive control fails in all 2 runs" in rows["| 16 | 4"]
+    assert T.ci([1.0, 2.0, 3.0]) == f"2.000 ± {4.303 * 1 / math.sqrt(3):.3f}"
