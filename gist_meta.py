@@ -94,7 +94,7 @@ Cost:     a meta step = 6.4-6.7x (second order) and 5.6-5.9x (first order) one C
 Runtime:  the defaults (4 stage-A masks, B, C, a 100-step online stream; 1.0M parameters, pydoc text) took
           6.9 min wall / 412 s CPU on one thread of the shared 2-core VM (another job on the other core).
           On this text the positive control fails (gap 0.08 nats) and the run says so.
-Result:   docs/gist_meta.md, "Results" (issue-13 runs: 0.14M params, synthetic corpora, 3 seeds). Retention
+Result:   docs/gist_meta.md, "Results" (issue-13 runs: 0.14M params, synthetic corpora, 3-6 seeds). Retention
           on --corpus repeat at 1000 steps: 0.99 with 4 gists for P = 4, 0.21 for P = 8 (half the seeds at
           zero), 0.00 with 1 gist for P >= 8 (benchmark/gist_meta_issue13_curve.sh); one gist keeps 0.82 of a line's
           alphabet (--corpus letters). The semantic loss raises CE; the meta-learned gist loss does not
@@ -287,7 +287,7 @@ STAGES = ("a", "b", "c", "all")
 MASK_MODES = ("gist", "full", "none", "neg")
 CORPORA = ("text", "repeat", "letters", "kv")
 # stage-A steps per model where --a-steps is not given: the positive-control gap CE_none - CE_full of
-# letters and kv reaches 1 nat at about 1000 steps (0.74-0.76 nats at step 300 of the 1.0M model),
+# letters and kv reaches 1 nat at about 1000 steps (a 300-step run of the 1.0M model: 0.58 nats on both),
 # that of repeat at 300 (docs/gist_meta.md, "Positive control per corpus")
 A_STEPS = {"text": 300, "repeat": 300, "letters": 1000, "kv": 1000}
 ONLINE_RULES = ("gist_meta", "gist_fixed", "stage_b", "ce", "none")

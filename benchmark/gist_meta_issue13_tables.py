@@ -14,6 +14,7 @@ import os
 import sys
 from collections import defaultdict
 
+CURVE_MIN_GAP = 1.0   # nats: the curve reports retention only over runs whose gap CE_none - CE_full reaches it
 T95 = {2: 12.71, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}   # by n, df = n - 1
 
 
@@ -132,12 +133,12 @@ def curve_table(runs) -> None:
         for name in sorted((n for n in runs if key(n)[0] == steps), key=key):
             _, P, k = key(name)
             rs = runs[name]
-            passing = [s.get("a_retention") for s in rs if s.get("a_gap_none_full", 0) >= 1.0]
+            passing = [s.get("a_retention") for s in rs if s.get("a_gap_none_full", 0) >= CURVE_MIN_GAP]
             ret = f"{ci(passing)} ({len(passing)} of {len(rs)} runs pass)" if passing else \
                 f"undefined: positive control fails in all {len(rs)} runs"
             print(f"| {P} | {k} | {len(rs)} | " + " | ".join(ci([s.get(c) for s in rs]) for c in (
                 "a_ce_full", "a_ce_gist", "a_ce_none", "a_gap_none_full")) + f" | {ret} | " + ", ".join(
-                f"{s['a_gap_none_full']:.2f} / " + (f"{s['a_retention_unchecked']:.2f}" if s['a_gap_none_full'] >= 1.0
+                f"{s['a_gap_none_full']:.2f} / " + (f"{s['a_retention_unchecked']:.2f}" if s['a_gap_none_full'] >= CURVE_MIN_GAP
                                                     else "—") for s in rs) + " |")
 
 
